@@ -1,3 +1,47 @@
-"""hf_stable_ft: stable few-sample fine-tuning of BERT-family encoders for the stock Hugging Face Trainer."""
+"""hf_stable_ft: stable few-sample fine-tuning of BERT-family encoders for the stock Hugging Face Trainer.
 
+Techniques are plain functions on ``nn.Module`` (:func:`reinit_top_layers`, :func:`layerwise_lr_groups`,
+:func:`build_param_groups`, :class:`StableAdamW`); :class:`StableTrainingArguments`,
+:class:`StableFineTuningCallback`, :func:`stable_optimizer` and :class:`StableTrainer` wire them into the
+stock ``transformers.Trainer``.
+"""
+
+from .architectures import ENCODER_LAYOUTS, EncoderLayout, get_encoder_layout, parameter_depths, unwrap_model
+from .args import STABILITY_RECIPES, StableTrainingArguments, zhang2021_reinit_layers
+from .callback import (
+    FineTuningState,
+    StableFineTuningCallback,
+    StableOptimizerFactory,
+    get_fine_tuning_state,
+    prepare_model,
+    stable_optimizer,
+)
+from .optim import StableAdamW
+from .param_groups import build_param_groups, layerwise_lr_groups, snapshot_parameters
+from .reinit import reinit_top_layers
+from .trainer import StableTrainer
 from .version import __version__
+
+__all__ = [
+    "ENCODER_LAYOUTS",
+    "EncoderLayout",
+    "FineTuningState",
+    "STABILITY_RECIPES",
+    "StableAdamW",
+    "StableFineTuningCallback",
+    "StableOptimizerFactory",
+    "StableTrainer",
+    "StableTrainingArguments",
+    "__version__",
+    "build_param_groups",
+    "get_encoder_layout",
+    "get_fine_tuning_state",
+    "layerwise_lr_groups",
+    "parameter_depths",
+    "prepare_model",
+    "reinit_top_layers",
+    "snapshot_parameters",
+    "stable_optimizer",
+    "unwrap_model",
+    "zhang2021_reinit_layers",
+]
