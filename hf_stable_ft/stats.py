@@ -1,0 +1,452 @@
+"""Statistics over fine-tuning runs with different random seeds.
+
+Plain functions on sequences of scores (one score per seed), built on numpy and scipy. They implement
+the statistics used by the papers this package reproduces (see ``shared/design/papers.md``):
+
+* :func:`summarize` — n, mean, sample std (``ddof=1``), median, min, max and the share of degenerate runs,
+  the columns of Mosbach et al. (2021) Table 1 and Zhang et al. (2021) Table 1.
+* :func:`expected_max_performance` / :func:`expected_max_std` / :func:`expected_max_curve` — Dodge et al.
+  (2019, "Show Your Work"): the expected best validation score after ``n`` random trials, estimated from
+  ``N`` observed scores.
+* :func:`expected_test_at_best_validation` (exact) and :func:`bootstrap_expected_test` (Zhang et al. 2021,
+  Fig. 4): the expected *test* score of the run that is best on *validation* among ``k`` trials.
+* :func:`levene_test`, :func:`t_test`, :func:`compare_to_baseline` — do two recipes differ in spread
+  (Levene / Brown–Forsythe) or in mean (Welch's t-test)?
+* :func:`degenerate_run` — Mosbach et al. (2021): a failed run scores no better than the majority classifier.
+
+Scores are taken in the units they are given (fractions or percentages); every function is scale-free
+except that the degenerate threshold must be in the same units as the score.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats as _sps
+
+__all__ = [
+    "Summary",
+    "summarize",
+    "expected_max_performance",
+    "expected_max_std",
+    "expected_max_curve",
+    "expected_test_at_best_validation",
+    "ExpectedPerformance",
+    "bootstrap_expected_test",
+    "TestResult",
+    "levene_test",
+    "t_test",
+    "compare_to_baseline",
+    "degenerate_run",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _as_scores(scores, name: str = "scores") -> np.ndarray:
+    """1-D float array of finite values, at least one; raises ValueError otherwise."""
+    arr = np.asarray(scores, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a one-dimensional sequence of scores, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: need at least one score")
+    if not np.all(np.isfinite(arr)):
+        bad = np.flatnonzero(~np.isfinite(arr)).tolist()
+        raise ValueError(f"{name} must be finite; non-finite values at positions {bad}")
+    return arr
+
+
+def _as_trials(n, name: str = "n") -> tuple[np.ndarray, bool]:
+    """Integer array of trial counts >= 1 and whether the input was a scalar."""
+    scalar = np.ndim(n) == 0
+    arr = np.atleast_1d(np.asarray(n))
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be integer(s) >= 1, got {n!r}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must be integer(s) >= 1, got {n!r}")
+    arr = arr.astype(np.int64)
+    if np.any(arr < 1):
+        raise ValueError(f"{name} must be >= 1, got {n!r}")
+    return arr, scalar
+
+
+# --------------------------------------------------------------------------------------------------------
+# summary
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Descriptive statistics of one recipe's scores over seeds (see :func:`summarize`)."""
+
+    n: int
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    n_degenerate: int | None = None
+    degenerate_rate: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(scores, degenerate=None) -> Summary:
+    """Mean, spread and failure rate of the scores of one recipe over seeds.
+
+    ``std`` is the *sample* standard deviation (``ddof=1``, NaN when ``n == 1``), the "std over seeds"
+    reported by Mosbach et al. (2021) and Zhang et al. (2021). Degenerate (failed) runs are part of
+    ``scores``: the papers' mean and std include them.
+
+    Args:
+        scores: one finite score per run.
+        degenerate: optional booleans, one per run (see :func:`degenerate_run`); when given, the result
+            carries ``n_degenerate`` and ``degenerate_rate`` (= n_degenerate / n), otherwise both are None.
+    """
+    arr = _as_scores(scores)
+    n_deg = rate = None
+    if degenerate is not None:
+        deg = np.asarray(degenerate, dtype=bool).reshape(-1)
+        if deg.shape != arr.shape:
+            raise ValueError(f"degenerate has {deg.size} flags for {arr.size} scores")
+        n_deg = int(deg.sum())
+        rate = n_deg / arr.size
+    return Summary(
+        n=int(arr.size),
+        mean=float(arr.mean()),
+        std=float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
+        median=float(np.median(arr)),
+        min=float(arr.min()),
+        max=float(arr.max()),
+        n_degenerate=n_deg,
+        degenerate_rate=rate,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dodge et al. 2019: expected maximum performance
+
+
+def _max_weights(n_obs: int, trials: np.ndarray) -> np.ndarray:
+    """w[t, i] = P(max of trials[t] draws = v(i+1)) = ((i+1)/N)^n − (i/N)^n, shape (len(trials), N)."""
+    i = np.arange(n_obs + 1, dtype=float) / n_obs  # 0, 1/N, ..., 1
+    cdf = i[None, :] ** trials[:, None].astype(float)  # P(max <= v(i)) = (i/N)^n
+    return np.diff(cdf, axis=1)
+
+
+def expected_max_performance(scores, n):
+    """Expected maximum score after ``n`` random trials (Dodge et al. 2019, "Show Your Work").
+
+    With the ``N`` observed scores sorted, v(1) ≤ … ≤ v(N), and ``n`` trials drawn i.i.d. with replacement
+    from them, ``P(max ≤ v(i)) = (i/N)^n`` and::
+
+        E[max_n] = Σ_i v(i) · [(i/N)^n − ((i−1)/N)^n]
+
+    ``n = 1`` gives the mean; ``n → ∞`` tends to the largest observed score. Values of ``n`` above ``N``
+    are allowed but only extrapolate the empirical distribution (the best seed you have is the ceiling).
+    Ties need no special handling.
+
+    Args:
+        scores: observed scores, one per trial (finite, non-empty); Dodge uses validation scores.
+        n: number of trials, an int >= 1 or an array of them.
+
+    Returns:
+        a float for a scalar ``n``, otherwise a float array shaped like ``n``.
+    """
+    v = np.sort(_as_scores(scores))
+    trials, scalar = _as_trials(n)
+    out = _max_weights(v.size, trials) @ v
+    return float(out[0]) if scalar else out.reshape(np.shape(n))
+
+
+def expected_max_std(scores, n):
+    """Standard deviation of the maximum of ``n`` trials under the same model as
+    :func:`expected_max_performance` (Dodge et al. 2019 plot E[max] ± this std)::
+
+        Var[max_n] = Σ_i v(i)² · w_i − (Σ_i v(i) · w_i)²,   w_i = (i/N)^n − ((i−1)/N)^n
+    """
+    v = np.sort(_as_scores(scores))
+    trials, scalar = _as_trials(n)
+    w = _max_weights(v.size, trials)
+    mean = w @ v
+    var = np.clip(w @ (v * v) - mean * mean, 0.0, None)  # clip rounding noise below zero
+    out = np.sqrt(var)
+    return float(out[0]) if scalar else out.reshape(np.shape(n))
+
+
+@dataclass(frozen=True)
+class ExpectedPerformance:
+    """Expected performance as a function of the number of trials.
+
+    Attributes:
+        n_trials: the trial counts (x axis).
+        mean, std: expectation and standard deviation of the selected run's score at each count.
+        percentiles: {q: values} for the bootstrap estimate (empty for the analytic one).
+        method: "dodge2019" (expected max validation, analytic) or "zhang2021-bootstrap".
+    """
+
+    n_trials: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    method: str
+    percentiles: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "n_trials": [int(k) for k in self.n_trials],
+            "mean": [float(x) for x in self.mean],
+            "std": [float(x) for x in self.std],
+            "percentiles": {str(q): [float(x) for x in v] for q, v in self.percentiles.items()},
+        }
+
+
+def expected_max_curve(scores, ns=None) -> ExpectedPerformance:
+    """Dodge et al. (2019) expected-max curve: E[max_n] and its std for each ``n`` in ``ns``
+    (default ``1 … N``)."""
+    v = _as_scores(scores)
+    trials, _ = _as_trials(np.arange(1, v.size + 1) if ns is None else ns, "ns")
+    trials = trials.reshape(-1)
+    return ExpectedPerformance(
+        n_trials=trials,
+        mean=np.asarray(expected_max_performance(v, trials), dtype=float),
+        std=np.asarray(expected_max_std(v, trials), dtype=float),
+        method="dodge2019",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Zhang et al. 2021: expected test performance of the best-on-validation run
+
+
+def _paired(validation_scores, test_scores) -> tuple[np.ndarray, np.ndarray]:
+    val = _as_scores(validation_scores, "validation_scores")
+    test = _as_scores(test_scores, "test_scores")
+    if val.shape != test.shape:
+        raise ValueError(f"validation_scores has {val.size} runs but test_scores has {test.size}")
+    return val, test
+
+
+def expected_test_at_best_validation(validation_scores, test_scores, n):
+    """Exact expectation of what :func:`bootstrap_expected_test` estimates (with ``tie_break="mean"``).
+
+    Sample ``n`` runs with replacement, keep the one best on validation, report its test score. Grouping
+    runs by distinct validation value u(1) < … < u(G), with c(g) runs at or below u(g)::
+
+        E[test] = Σ_g mean(test | validation = u(g)) · [(c(g)/N)^n − (c(g−1)/N)^n]
+
+    Without ties this is the Dodge formula with the test scores ordered by validation; with all test
+    scores equal to the validation scores it *is* :func:`expected_max_performance`.
+    """
+    val, test = _paired(validation_scores, test_scores)
+    trials, scalar = _as_trials(n)
+    uniq, inverse, counts = np.unique(val, return_inverse=True, return_counts=True)
+    group_mean = np.bincount(inverse, weights=test) / counts
+    cdf = np.concatenate([[0.0], np.cumsum(counts)]) / val.size
+    w = np.diff(cdf[None, :] ** trials[:, None].astype(float), axis=1)
+    out = w @ group_mean
+    return float(out[0]) if scalar else out.reshape(np.shape(n))
+
+
+_TIE_BREAKS = ("mean", "first", "worst")
+
+
+def bootstrap_expected_test(
+    validation_scores,
+    test_scores,
+    n_trials,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    *,
+    percentiles: Sequence[float] = (2.5, 97.5),
+    tie_break: str = "mean",
+) -> ExpectedPerformance:
+    """Expected test score of the best-on-validation run among ``k`` trials, by bootstrap (Zhang et al.
+    2021, Fig. 4: "sample k of the trained models with replacement, select the best on validation, record
+    its test score, repeat 1000 times").
+
+    Args:
+        validation_scores, test_scores: one pair per run (the run's best validation score and its test score
+            at that checkpoint), finite.
+        n_trials: the ``k`` values, an int >= 1 or a sequence of them.
+        n_bootstrap: bootstrap repetitions per ``k``.
+        seed: the result is a deterministic function of the inputs and ``seed``. Each ``k`` draws from its
+            own generator seeded by ``(seed, k)``, so the estimate for a ``k`` does not depend on which
+            other ``k`` values were asked for.
+        percentiles: percentiles of the bootstrap distribution to return (e.g. a 95% interval).
+        tie_break: which of several sampled runs with the same (maximal) validation score is selected:
+
+            * ``"mean"`` (default) — the average test score of the tied draws, i.e. the expectation of
+              picking one of them uniformly at random. Independent of the order of the runs; its mean
+              converges to :func:`expected_test_at_best_validation`.
+            * ``"first"`` — the run listed first in the input (like ``numpy.argmax``).
+            * ``"worst"`` — the lowest test score among them (pessimistic).
+
+    Returns:
+        :class:`ExpectedPerformance` with, for each ``k``, the bootstrap mean, std (``ddof=0``, the spread of
+        the bootstrap distribution) and the requested percentiles.
+    """
+    val, test = _paired(validation_scores, test_scores)
+    trials, _ = _as_trials(n_trials, "n_trials")
+    trials = trials.reshape(-1)
+    if int(n_bootstrap) < 1:
+        raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+    if tie_break not in _TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {_TIE_BREAKS}, got {tie_break!r}")
+    qs = [float(q) for q in percentiles]
+    if any(not 0.0 <= q <= 100.0 for q in qs):
+        raise ValueError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
+
+    n_runs = val.size
+    means, stds, pct = [], [], {q: [] for q in qs}
+    for k in trials:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(k)]))
+        idx = rng.integers(0, n_runs, size=(int(n_bootstrap), int(k)))
+        v = val[idx]
+        tied = v == v.max(axis=1, keepdims=True)
+        if tie_break == "mean":
+            picked = np.where(tied, test[idx], 0.0).sum(axis=1) / tied.sum(axis=1)
+        elif tie_break == "first":
+            picked = test[np.where(tied, idx, n_runs).min(axis=1)]
+        else:
+            picked = np.where(tied, test[idx], np.inf).min(axis=1)
+        means.append(picked.mean())
+        stds.append(picked.std())
+        for q in qs:
+            pct[q].append(np.percentile(picked, q))
+    return ExpectedPerformance(
+        n_trials=trials,
+        mean=np.asarray(means),
+        std=np.asarray(stds),
+        method="zhang2021-bootstrap",
+        percentiles={q: np.asarray(v) for q, v in pct.items()},
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# hypothesis tests
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """A test statistic and its two-sided p-value (NaN when undefined, e.g. both groups constant)."""
+
+    __test__ = False  # not a pytest test class
+
+    statistic: float
+    pvalue: float
+    test: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _two_groups(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a = _as_scores(a, "a")
+    b = _as_scores(b, "b")
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"each group needs at least 2 scores, got {a.size} and {b.size}")
+    return a, b
+
+
+def levene_test(a, b, center: str = "median") -> TestResult:
+    """Levene's test that two recipes' scores have the same variance (``scipy.stats.levene``).
+
+    The default ``center="median"`` is the Brown–Forsythe variant (scipy's default), robust to the
+    skewed, bimodal score distributions that failed runs produce; ``center="mean"`` is Levene's original
+    test. Mosbach et al. (2021) and Zhang et al. (2021) argue about the *std over seeds*: this is the test
+    for "recipe A is more stable than recipe B". Two-sided; NaN when both groups are constant.
+    """
+    a, b = _two_groups(a, b)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = _sps.levene(a, b, center=center)
+    return TestResult(float(res.statistic), float(res.pvalue), f"levene(center={center})")
+
+
+def t_test(a, b, equal_var: bool = False) -> TestResult:
+    """Two-sample t-test of equal means (``scipy.stats.ttest_ind``); Welch's test by default
+    (``equal_var=False``), which does not assume the recipes have the same variance — they usually do
+    not. Two-sided; NaN when both groups are constant."""
+    a, b = _two_groups(a, b)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = _sps.ttest_ind(a, b, equal_var=equal_var)
+    return TestResult(float(res.statistic), float(res.pvalue), "welch-t" if not equal_var else "student-t")
+
+
+def compare_to_baseline(
+    results_by_recipe: Mapping[str, Sequence[float]],
+    baseline: str,
+    *,
+    center: str = "median",
+    equal_var: bool = False,
+) -> dict[str, dict]:
+    """Levene and t-test p-values of every recipe against ``baseline``.
+
+    Args:
+        results_by_recipe: recipe name -> its scores over seeds (degenerate runs included).
+        baseline: the key of the reference recipe (e.g. ``"devlin2019"``).
+
+    Returns:
+        recipe -> ``{"n", "n_baseline", "mean_diff", "std_ratio", "levene_stat", "levene_p", "t_stat",
+        "t_p"}`` for every recipe except the baseline. Statistics that are undefined (a group with fewer
+        than 2 scores) are None. The p-values are not corrected for multiple comparisons.
+    """
+    if baseline not in results_by_recipe:
+        raise ValueError(f"baseline {baseline!r} is not among the recipes {list(results_by_recipe)}")
+    base = np.asarray(results_by_recipe[baseline], dtype=float).reshape(-1)
+    out: dict[str, dict] = {}
+    for name, scores in results_by_recipe.items():
+        if name == baseline:
+            continue
+        arr = np.asarray(scores, dtype=float).reshape(-1)
+        row = {"n": int(arr.size), "n_baseline": int(base.size), "mean_diff": None, "std_ratio": None,
+               "levene_stat": None, "levene_p": None, "t_stat": None, "t_p": None}
+        if arr.size and base.size:
+            row["mean_diff"] = float(arr.mean() - base.mean())
+        if arr.size >= 2 and base.size >= 2:
+            sb = base.std(ddof=1)
+            row["std_ratio"] = float(arr.std(ddof=1) / sb) if sb > 0 else None
+            lev = levene_test(arr, base, center=center)
+            tt = t_test(arr, base, equal_var=equal_var)
+            row.update(levene_stat=_none_if_nan(lev.statistic), levene_p=_none_if_nan(lev.pvalue),
+                       t_stat=_none_if_nan(tt.statistic), t_p=_none_if_nan(tt.pvalue))
+        out[name] = row
+    return out
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# --------------------------------------------------------------------------------------------------------
+# failed runs
+
+
+def degenerate_run(score, majority_baseline: float = 0.0, *, tol: float = 0.0) -> bool:
+    """Whether a run failed: its score is not above the majority-class baseline (Mosbach et al. 2021:
+    "final accuracy ≤ majority classifier"; Dodge et al. 2020 call such runs degenerate).
+
+    Args:
+        score: the run's score, in the same units as ``majority_baseline``. None or NaN (the run produced
+            no usable score) counts as degenerate.
+        majority_baseline: the score of always predicting the majority class on the same split — the
+            majority-class accuracy / F1 for classification metrics, 0 for MCC and correlations.
+        tol: a run must beat the baseline by more than ``tol`` (default 0: strictly above).
+    """
+    if score is None:
+        return True
+    score = float(score)
+    if not math.isfinite(score):
+        return True
+    return score <= float(majority_baseline) + float(tol)

@@ -1,0 +1,236 @@
+"""The sweep report: loading runs.jsonl, statistics, markdown, figures."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hf_stable_ft.report import FIGURE_FILES, load_runs, summarize_runs, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(recipe, seed, *, score, degenerate=False, status="finished", with_test=True, diagnostics=True,
+             n_layers=4, steps=10, rng=None):
+    """A synthetic run record in the sweep runner's schema (CoLA-like, MCC, majority baseline 0)."""
+    rng = rng or np.random.default_rng(seed)
+    n_steps = steps if status == "finished" else 3
+    history = []
+    for i in range(1, n_steps + 1):
+        v = score * i / n_steps + rng.normal(0, 0.01)
+        history.append({"step": 10 * i, "epoch": i / 3, "validation": float(v),
+                        "test": float(v + rng.normal(0, 0.02)) if with_test else None})
+    best = max(history, key=lambda e: e["validation"])
+    loss0 = 0.62
+    train_loss = [[10 * i, float((loss0 if degenerate else loss0 * (1 - 0.8 * i / steps)) + rng.normal(0, 0.02))]
+                  for i in range(1, n_steps + 1)]
+    groups = ["embeddings"] + [f"layer.{i}" for i in range(n_layers)] + ["pooler", "head"]
+    diag = {}
+    if diagnostics:
+        grad, l2 = {}, {}
+        for depth, g in enumerate(groups):
+            scale = 10 ** (-3 + depth / len(groups) * 3) if degenerate else 1.0
+            grad[g] = [[10 * i, float(scale * np.exp(rng.normal(0, 0.2)))] for i in range(1, n_steps + 1)]
+            l2[g] = [[10 * i, float(0.1 * i * (1 + depth))] for i in range(1, n_steps + 1)]
+        diag = {"grad_norm": grad, "l2_from_init": l2}
+    return {
+        "run_id": f"{recipe}/seed={seed}", "recipe": recipe, "seed": seed, "task": "cola", "status": status,
+        "primary_metric": "matthews_correlation",
+        "majority_baseline": {"validation": 0.0, "test": 0.0 if with_test else None},
+        "settings": {"learning_rate": 2e-5, "num_train_epochs": 3 if recipe == "devlin2019" else 20,
+                     "bias_correction": recipe != "devlin2019", "seed": seed},
+        "eval_history": history,
+        "best_validation": best["validation"], "test_at_best_validation": best["test"],
+        "final_validation": history[-1]["validation"], "final_test": history[-1]["test"],
+        "train_loss": train_loss, "diagnostics": diag, "degenerate": degenerate,
+        "abort_reason": "loss not below constant-prediction loss at step 30" if status == "aborted" else None,
+        "wall_time_s": 12.5, "device": "cpu", "error": None,
+    }
+
+
+def make_sweep(tmp_path, *, with_test=True, corrupt=True, diagnostics=True, n_seeds=4, n_layers=4):
+    """3 recipes × n seeds: devlin2019 has one degenerate and one aborted run; one failed run; a corrupt line."""
+    lines = []
+    for seed in range(n_seeds):
+        if seed == 1:
+            lines.append(make_run("devlin2019", seed, score=0.0, degenerate=True, with_test=with_test,
+                                  diagnostics=diagnostics, n_layers=n_layers))
+        elif seed == 2:
+            lines.append(make_run("devlin2019", seed, score=0.05, degenerate=True, status="aborted",
+                                  with_test=with_test, diagnostics=diagnostics, n_layers=n_layers))
+        else:
+            lines.append(make_run("devlin2019", seed, score=0.45 + 0.05 * seed, with_test=with_test,
+                                  diagnostics=diagnostics, n_layers=n_layers))
+    for seed in range(n_seeds):
+        lines.append(make_run("mosbach2021", seed, score=0.60 + 0.01 * seed, with_test=with_test,
+                              diagnostics=diagnostics, n_layers=n_layers))
+    for seed in range(n_seeds):
+        lines.append(make_run("zhang2021_reinit", seed, score=0.58 + 0.015 * seed, with_test=with_test,
+                              diagnostics=diagnostics, n_layers=n_layers))
+    text = [json.dumps(r) for r in lines]
+    text.insert(5, json.dumps({"run_id": "zhang2021_reinit/seed=99", "recipe": "zhang2021_reinit", "seed": 99,
+                               "status": "failed", "error": "Traceback ...\nRuntimeError: CUDA out of memory"}))
+    if corrupt:
+        text.insert(7, '{"run_id": "mosbach2021/seed=7", "recipe": ')  # truncated write -> line 8
+    (tmp_path / "runs.jsonl").write_text("\n".join(text) + "\n")
+    return tmp_path
+
+
+# ---------------------------------------------------------------- load_runs
+
+
+def test_corrupt_line_raises_with_line_number(tmp_path):
+    make_sweep(tmp_path)
+    with pytest.raises(ValueError, match=r"runs.jsonl, line 8"):
+        load_runs(tmp_path)
+    with pytest.raises(ValueError, match="line 8"):
+        write_report(tmp_path, figures=False)
+
+
+def test_skip_corrupt_warns_and_skips(tmp_path):
+    make_sweep(tmp_path)
+    with pytest.warns(UserWarning, match=r"lines \[8\]"):
+        runs = load_runs(tmp_path / "runs.jsonl", skip_corrupt=True)
+    assert len(runs) == 13  # 12 runs + 1 failed
+
+
+def test_records_need_a_recipe(tmp_path):
+    (tmp_path / "runs.jsonl").write_text('{"recipe": "a", "status": "failed"}\n\n[1, 2]\n')
+    with pytest.raises(ValueError, match="line 3"):
+        load_runs(tmp_path)
+    (tmp_path / "runs.jsonl").write_text('{"seed": 1}\n')
+    with pytest.raises(ValueError, match="line 1.*recipe"):
+        load_runs(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_runs(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- the full report
+
+
+def test_full_report(tmp_path):
+    make_sweep(tmp_path)
+    with pytest.warns(UserWarning, match="corrupt"):
+        path = write_report(tmp_path, skip_corrupt=True)
+    assert path == tmp_path / "report.md"
+    md = path.read_text()
+    for fname in FIGURE_FILES.values():
+        png = tmp_path / fname
+        assert png.stat().st_size > 1000, fname
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        assert f"]({fname})" in md  # relative link
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["split"] == "test" and summary["baseline_recipe"] == "devlin2019"
+    assert summary["display_scale"] == 100
+    dev = summary["recipes"]["devlin2019"]
+    assert dev["n_runs"] == 4 and dev["n_aborted"] == 1
+    assert dev["summary"]["n_degenerate"] == 2  # the aborted run counts as degenerate, not dropped
+    assert summary["recipes"]["zhang2021_reinit"]["n_failed"] == 1
+    assert [r["run_id"] for r in summary["not_counted"]] == ["zhang2021_reinit/seed=99"]
+    mos = summary["recipes"]["mosbach2021"]
+    assert mos["vs_baseline"]["levene_p"] is not None and mos["vs_baseline"]["t_p"] is not None
+    assert mos["expected_test"]["n_trials"] == [1, 5, 10]
+    assert summary["recipes"]["devlin2019"]["vs_baseline"] is None
+    assert summary["settings_that_differ"]["num_train_epochs"]["mosbach2021"] == 20
+    assert "seed" not in summary["settings_that_differ"]
+    # the aborted run's score is its last evaluation
+    aborted = [r for r in dev["runs"] if r["status"] == "aborted"][0]
+    assert aborted["score_source"] == "last evaluation"
+    # markdown: table, verdict with counts and caveat, failed-runs section with the error's last line
+    assert "| **devlin2019** (baseline) | 4 |" in md
+    assert "0/4 degenerate runs vs 2/4 for devlin2019" in md
+    assert "weak evidence" in md and "4 seeds" in md
+    assert "RuntimeError: CUDA out of memory" in md
+    assert "## Aborted runs" in md and "constant-prediction loss" in md
+    assert "E[test] @1/5/10" in md
+
+
+def test_summary_statistics_match_stats_module(tmp_path):
+    from scipy import stats as sps
+
+    make_sweep(tmp_path, corrupt=False)
+    summary = summarize_runs(load_runs(tmp_path))
+    dev = [r["test"] for r in summary["recipes"]["devlin2019"]["runs"]]
+    mos = [r["test"] for r in summary["recipes"]["mosbach2021"]["runs"]]
+    s = summary["recipes"]["mosbach2021"]["summary"]
+    assert s["mean"] == pytest.approx(np.mean(mos)) and s["std"] == pytest.approx(np.std(mos, ddof=1))
+    assert summary["recipes"]["mosbach2021"]["vs_baseline"]["levene_p"] == pytest.approx(sps.levene(mos, dev).pvalue)
+    # deterministic
+    assert summarize_runs(load_runs(tmp_path)) == summary
+
+
+def test_no_test_split_reports_validation(tmp_path):
+    make_sweep(tmp_path, with_test=False, corrupt=False, diagnostics=False)
+    path = write_report(tmp_path, baseline_recipe="mosbach2021")
+    md = path.read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["split"] == "validation" and summary["baseline_recipe"] == "mosbach2021"
+    assert "validation split" in md and "No test split" in md
+    assert summary["recipes"]["devlin2019"]["expected_test"] is None
+    assert "E[test]" not in md
+    for key in ("boxplot", "train_loss", "expected_performance"):
+        assert (tmp_path / FIGURE_FILES[key]).read_bytes()[:8] == PNG_MAGIC
+    # diagnostics were off: those figures are skipped and the report says why
+    assert not (tmp_path / FIGURE_FILES["grad_norms"]).exists()
+    assert not (tmp_path / FIGURE_FILES["l2_from_init"]).exists()
+    assert "diagnostics were off" in md
+
+
+def test_baseline_errors_and_no_figures(tmp_path):
+    make_sweep(tmp_path, corrupt=False)
+    with pytest.raises(ValueError, match="not in the sweep"):
+        write_report(tmp_path, baseline_recipe="nope")
+    write_report(tmp_path, figures=False)
+    assert not any((tmp_path / f).exists() for f in FIGURE_FILES.values())
+    assert "## Figures" not in (tmp_path / "report.md").read_text()
+
+
+def test_default_baseline_is_first_recipe_without_devlin(tmp_path):
+    lines = [make_run("b_recipe", s, score=0.5 + 0.01 * s, diagnostics=False) for s in range(3)]
+    lines += [make_run("a_recipe", s, score=0.6 + 0.02 * s, diagnostics=False) for s in range(3)]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    summary = summarize_runs(load_runs(tmp_path))
+    assert summary["baseline_recipe"] == "b_recipe"
+    assert list(summary["recipes"]) == ["b_recipe", "a_recipe"]
+
+
+def test_duplicate_run_ids_keep_the_last(tmp_path):
+    first = {**make_run("r", 0, score=0.5, diagnostics=False), "status": "failed", "error": "boom"}
+    retry = make_run("r", 0, score=0.5, diagnostics=False)
+    other = make_run("r", 1, score=0.6, diagnostics=False)
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in (first, other, retry)))
+    with pytest.warns(UserWarning, match="repeat"):
+        write_report(tmp_path, figures=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["recipes"]["r"]["n_runs"] == 2 and summary["not_counted"] == []
+
+
+def test_aborted_without_evaluation_uses_majority_baseline_and_missing_flag(tmp_path):
+    aborted = make_run("r", 0, score=0.5, status="aborted", diagnostics=False)
+    aborted["eval_history"] = []
+    aborted["majority_baseline"] = {"validation": 0.52, "test": 0.5}
+    unflagged = make_run("r", 1, score=0.4, diagnostics=False)
+    del unflagged["degenerate"]
+    unflagged["majority_baseline"] = {"validation": 0.52, "test": 0.5}
+    ok = make_run("r", 2, score=0.8, diagnostics=False)
+    ok["majority_baseline"] = {"validation": 0.52, "test": 0.5}
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in (aborted, unflagged, ok)))
+    summary = summarize_runs(load_runs(tmp_path))
+    runs = {r["seed"]: r for r in summary["recipes"]["r"]["runs"]}
+    assert runs[0]["validation"] == 0.52 and runs[0]["test"] == 0.5 and runs[0]["degenerate"]
+    assert runs[1]["degenerate"]  # final validation 0.4 is not above the majority baseline 0.52
+    assert not runs[2]["degenerate"]
+    assert summary["recipes"]["r"]["summary"]["n_degenerate"] == 2
+    assert math.isclose(summary["display_scale"], 100)
+
+
+def test_single_seed_recipe_has_no_p_values(tmp_path):
+    lines = [make_run("devlin2019", s, score=0.5 + 0.01 * s, diagnostics=False) for s in range(3)]
+    lines.append(make_run("solo", 0, score=0.6, diagnostics=False))
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    md = write_report(tmp_path, figures=True).read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    solo = summary["recipes"]["solo"]
+    assert solo["summary"]["std"] is None and solo["vs_baseline"]["levene_p"] is None
+    assert "undefined" in md
