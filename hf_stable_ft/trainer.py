@@ -8,6 +8,7 @@ from transformers import Trainer
 
 from .args import StableTrainingArguments
 from .callback import StableFineTuningCallback, create_stable_optimizer, prepare_model
+from .diagnostics import place_before_reporters
 
 __all__ = ["StableTrainer", "updates_per_epoch"]
 
@@ -35,6 +36,8 @@ class StableTrainer(Trainer):
         if not any(isinstance(c, StableFineTuningCallback) for c in callbacks):
             callbacks.insert(0, StableFineTuningCallback())
         super().__init__(model, args, *pos, callbacks=callbacks, **kwargs)
+        # Ahead of the report_to integrations, so the diagnostics it adds to the logs reach every backend.
+        place_before_reporters(self, *(c for c in self.callback_handler.callbacks if isinstance(c, StableFineTuningCallback)))
 
     def call_model_init(self, trial=None):
         model = super().call_model_init(trial)
