@@ -197,14 +197,15 @@ class PreparedTask:
     model_source: str
 
 
-def _resolve_model(model: str) -> str:
+def resolve_model(model: str | None) -> str:
+    """A model path or Hub name; ``None`` or :data:`DEFAULT_MODEL` give the embedded MiniLM."""
     return default_model() if model in (DEFAULT_MODEL, "", None) else model
 
 
 def prepare_task(config: SweepConfig) -> PreparedTask:
     """Load the tokenizer, the data (tokenised once) and the pretrained weights (read once, kept on CPU)."""
     info = get_task_info(config.task)
-    source = _resolve_model(config.model)
+    source = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     datasets = load_glue_task(
         config.task, data_dir=config.data_dir, tokenizer=tokenizer, max_length=config.max_length,
@@ -213,11 +214,12 @@ def prepare_task(config: SweepConfig) -> PreparedTask:
     if config.label_map:
         from .transfer import load_intermediate_checkpoint
 
-        model = load_intermediate_checkpoint(source, info.num_labels, id2label=info.id2label, label_map=config.label_map)
+        model = load_intermediate_checkpoint(source, info.num_labels, id2label=info.id2label, label_map=config.label_map,
+                                             dtype=torch.float32)
         pretrained = model.state_dict()
     else:
         model, loading = AutoModelForSequenceClassification.from_pretrained(
-            source, **info.model_kwargs(), output_loading_info=True
+            source, **info.model_kwargs(), output_loading_info=True, dtype=torch.float32
         )
         mismatched = {item[0] if isinstance(item, (tuple, list)) else item for item in loading.get("mismatched_keys", [])}
         fresh = set(loading["missing_keys"]) | mismatched
@@ -238,7 +240,9 @@ def prepare_task(config: SweepConfig) -> PreparedTask:
 
 def _fresh_model(prepared: PreparedTask, seed: int):
     set_seed(seed)  # the task head (absent from the checkpoint) is drawn from the run's seed
-    model = AutoModelForSequenceClassification.from_config(copy.deepcopy(prepared.config))
+    # fp32 master weights whatever dtype the checkpoint was stored in (transformers 5 loads "auto" by
+    # default, and pure fp16 training diverges); use bf16=/fp16= for mixed precision.
+    model = AutoModelForSequenceClassification.from_config(copy.deepcopy(prepared.config), dtype=torch.float32)
     missing, unexpected = model.load_state_dict(prepared.pretrained_state, strict=False)
     if unexpected:
         raise RuntimeError(f"pretrained weights do not fit the model: unexpected keys {unexpected[:5]}")
@@ -512,7 +516,7 @@ def train_once(task: str, model: str | None = None, training: dict[str, Any] | N
     and the validation (and, under ``zhang2021``, test) metrics go to ``output_dir/all_results.json``.
     """
     info = get_task_info(task)
-    source = _resolve_model(model)
+    source = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     data = load_glue_task(task, data_dir=data_dir, tokenizer=tokenizer, max_length=max_length,
                           train_size=train_size, protocol=protocol)
@@ -520,7 +524,7 @@ def train_once(task: str, model: str | None = None, training: dict[str, Any] | N
                 "save_strategy": "no", **(training or {})}
     args = StableTrainingArguments(**settings)
     _check_writable(Path(args.output_dir).resolve().parent if not Path(args.output_dir).exists() else Path(args.output_dir))
-    net = AutoModelForSequenceClassification.from_pretrained(source, **info.model_kwargs())
+    net = AutoModelForSequenceClassification.from_pretrained(source, **info.model_kwargs(), dtype=torch.float32)
     trainer = StableTrainer(
         model=net, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
