@@ -310,6 +310,7 @@ def run_single(
         "report_to": "none",
         "disable_tqdm": True,
         "save_strategy": "no",
+        "dataloader_pin_memory": torch.cuda.is_available(),
         **(training or {}),
         "output_dir": str(output_dir),
         "seed": seed,

@@ -1,0 +1,181 @@
+"""Cost of each hf_stable_ft feature against the stock Trainer, and how it scales (issue #6, tables 1 and 3).
+
+Every variant trains the embedded all-MiniLM-L6-v2 (sequence classification, 2 labels) through a real
+``Trainer.train()`` on fixed synthetic batches (random token ids, full-length sequences), so the timing
+includes the callback, the optimizer factory's groups and the diagnostics hooks. Variants run round-robin
+(``--rounds``), and each variant's step time is the median over all timed steps (the first steps of every
+round are warm-up and not timed); ratios are against the stock ``Trainer`` (``TrainingArguments`` defaults,
+torch's fused AdamW) measured in the same rounds.
+
+Memory: on CUDA the peak allocated bytes of a run (``torch.cuda.max_memory_allocated``); everywhere the
+bytes the plugin keeps besides what the stock Trainer keeps (optimizer state is the same size):
+pretrained-WD anchors / diagnostics start snapshot, Mixout W₀ buffers — counted exactly from the tensors.
+
+    python benchmarks/bench_cost.py                      # table 1 (features), CPU
+    python benchmarks/bench_cost.py --scale              # table 3 (sequence length x batch size)
+    python benchmarks/bench_cost.py --device cuda --scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from common import embedded_model_path, machine_description, write_result
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers import logging as hf_logging
+
+from hf_stable_ft import StableTrainer, StableTrainingArguments, get_fine_tuning_state
+
+FEATURES = {
+    "stock Trainer (fused AdamW)": None,
+    "StableAdamW, bias-corrected": {},
+    "BERTAdam (adam_bias_correction=False)": {"adam_bias_correction": False},
+    "LLRD (layerwise_lr_decay=0.9)": {"layerwise_lr_decay": 0.9},
+    "pretrained WD (0.01)": {"pretrained_weight_decay": 0.01},
+    "re-init (pooler + 2 blocks)": {"reinit_pooler": True, "reinit_layers": 2},
+    "Mixout (p=0.1)": {"mixout_prob": 0.1},
+    "diagnostics every 10 steps": {"diagnostics_steps": 10},
+    "all of the above": {"adam_bias_correction": False, "layerwise_lr_decay": 0.9, "pretrained_weight_decay": 0.01,
+                         "reinit_pooler": True, "reinit_layers": 2, "mixout_prob": 0.1, "diagnostics_steps": 10},
+}
+
+
+class SyntheticBatches(torch.utils.data.Dataset):
+    def __init__(self, size: int, length: int, vocab: int = 30522, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1000, vocab, (size, length), generator=generator)
+        self.labels = torch.randint(0, 2, (size,), generator=generator)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self, skip: int):
+        self.skip, self.times, self._start = skip, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step > self.skip:
+            self.times.append(time.perf_counter() - self._start)
+
+
+def extra_bytes(model) -> int:
+    state = get_fine_tuning_state(model)
+    total = 0
+    if state is not None and state.initial_parameters:
+        total += sum(t.numel() * t.element_size() for t in state.initial_parameters.values())
+    total += sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n.endswith("mixout_target"))
+    return total
+
+
+def run_variant(features, device: str, batch: int, length: int, steps: int, skip: int, model_path: str):
+    use_cpu = device == "cpu"
+    with tempfile.TemporaryDirectory() as out:
+        common = dict(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, logging_steps=10,
+                      report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=use_cpu, seed=0,
+                      dataloader_num_workers=0)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, dtype=torch.float32)
+        timer = StepTimer(skip)
+        data = SyntheticBatches(batch * steps, length)
+        if features is None:
+            trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer])
+        else:
+            trainer = StableTrainer(model=model, args=StableTrainingArguments(**common, **features), train_dataset=data,
+                                    callbacks=[timer])
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+        return timer.times, peak, extra_bytes(model)
+
+
+def measure(variants: dict, device: str, batch: int, length: int, steps: int, skip: int, rounds: int, model_path: str):
+    times = {name: [] for name in variants}
+    peaks, extras = {}, {}
+    for _ in range(rounds):
+        for name, features in variants.items():
+            step_times, peak, extra = run_variant(features, device, batch, length, steps, skip, model_path)
+            times[name] += step_times
+            peaks[name], extras[name] = peak, extra
+    return {name: statistics.median(values) for name, values in times.items()}, peaks, extras
+
+
+def features_table(options, model_path) -> str:
+    medians, peaks, extras = measure(FEATURES, options.device, options.batch, options.length, options.steps,
+                                     options.skip, options.rounds, model_path)
+    base = medians["stock Trainer (fused AdamW)"]
+    lines = [
+        f"Training step of all-MiniLM-L6-v2 through `Trainer.train()`, batch {options.batch} × {options.length} tokens, "
+        f"{options.rounds} interleaved rounds × {options.steps - options.skip} timed steps — "
+        f"{machine_description(options.device)}",
+        "",
+        "| variant | step time | ratio vs stock | extra memory kept by the plugin |"
+        + (" peak GPU memory |" if options.device == "cuda" else ""),
+        "|---|---|---|---|" + ("---|" if options.device == "cuda" else ""),
+    ]
+    for name, seconds in medians.items():
+        row = f"| {name} | {seconds * 1e3:.1f} ms | {seconds / base:.3f}× | {extras[name] / 2**20:.1f} MiB |"
+        if options.device == "cuda":
+            row += f" {peaks[name] / 2**20:.0f} MiB |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def scale_table(options, model_path) -> str:
+    variants = {"stock": FEATURES["stock Trainer (fused AdamW)"], "plugin, all features": FEATURES["all of the above"]}
+    lines = [
+        f"Step time (and peak GPU memory) vs sequence length and batch size, stock Trainer vs the plugin with every "
+        f"feature on; {options.rounds} interleaved rounds — {machine_description(options.device)}",
+        "",
+        "| batch × length | stock | plugin | ratio |",
+        "|---|---|---|---|",
+    ]
+    for batch in options.scale_batches:
+        for length in options.scale_lengths:
+            medians, peaks, _ = measure(variants, options.device, batch, length, options.steps, options.skip,
+                                        options.rounds, model_path)
+            cell = lambda name: f"{medians[name] * 1e3:.0f} ms" + (  # noqa: E731
+                f" / {peaks[name] / 2**20:.0f} MiB" if peaks[name] is not None else "")
+            ratio = medians["plugin, all features"] / medians["stock"]
+            lines.append(f"| {batch} × {length} | {cell('stock')} | {cell('plugin, all features')} | {ratio:.3f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model-path", default=None)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=14, help="steps per round (the first --skip are warm-up)")
+    parser.add_argument("--skip", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", action="store_true", help="table 3 instead of table 1")
+    parser.add_argument("--scale-batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--scale-lengths", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--output", default=None)
+    options = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    model_path = options.model_path or embedded_model_path()
+    text = scale_table(options, model_path) if options.scale else features_table(options, model_path)
+    print(text)
+    default = f"benchmarks/results/{'scale' if options.scale else 'cost'}_{options.device}.md"
+    write_result(options.output or default, text)
+
+
+if __name__ == "__main__":
+    main()

