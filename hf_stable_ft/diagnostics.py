@@ -7,9 +7,10 @@ starting weights, and a live degenerate-run alarm.
   ``grad_norm/head``.
 * :class:`ParameterDistanceCallback` — ``‖θ_g − θ_g,0‖₂`` over all parameters of group ``g``, θ₀ being the
   weights fine-tuning started from (Zhang et al. 2021, Fig. 7). Keys ``l2_from_init/<group>``.
-* :class:`DegenerateRunCallback` — raises an alarm when the training loss is not finite (at once) or, after a
-  fraction of training, is still not below the loss of the best constant predictor; optionally stops the run
-  (Dodge et al. 2020: bad seeds can be stopped early). Keys ``degenerate_alarm`` and ``degenerate_alarm/*``.
+* :class:`DegenerateRunCallback` — raises an alarm when the training loss or the weights become non-finite
+  (at the update it happens; on CUDA read one update later so the GPU never stalls) or when, after a fraction
+  of training, the training loss is still not below the loss of the best constant predictor; optionally stops
+  the run (Dodge et al. 2020: bad seeds can be stopped early). Keys ``degenerate_alarm`` and ``degenerate_alarm/*``.
 * :func:`callbacks_from_args` builds them from :class:`~hf_stable_ft.StableTrainingArguments`;
   :func:`summarize_diagnostics` turns ``trainer.state.log_history`` back into series.
 
@@ -52,8 +53,8 @@ Distributed training
 Under DDP every rank holds the same all-reduced gradients and the same parameters, so every rank computes the
 same values; the Trainer calls ``on_log`` on every rank and its integrations report from the main process
 only. The degenerate-run decision uses the logged loss, which the Trainer averages over ranks before logging,
-and parameters that are identical on every rank; the non-finite flag is additionally max-reduced across
-ranks, so an abort is decided identically everywhere. Sharded training (FSDP, DeepSpeed ZeRO-2/3) keeps only
+and parameters that are identical on every rank; the finiteness flag is moreover min-reduced across ranks and
+read at the same update everywhere, so an abort is decided identically on every rank. Sharded training (FSDP, DeepSpeed ZeRO-2/3) keeps only
 a shard of each gradient/parameter per rank: the group norms would be per-shard values and are not supported.
 """
 
@@ -123,21 +124,23 @@ def layer_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     return {group: params for group, params in groups.items() if params}
 
 
-def _group_norms(tensors: list[torch.Tensor], group_index: list[int], num_groups: int) -> torch.Tensor:
-    """√(Σ‖t‖²) per group as a float32 tensor of ``num_groups`` values, on the first tensor's device, with no
-    host synchronisation."""
-    device = tensors[0].device
-    squares = torch.zeros(num_groups, dtype=torch.float32, device=device)
-    by_device: dict[torch.device, tuple[list[torch.Tensor], list[int]]] = {}
-    for tensor, index in zip(tensors, group_index):
-        bucket = by_device.setdefault(tensor.device, ([], []))
-        bucket[0].append(tensor)
-        bucket[1].append(index)
-    for bucket_tensors, bucket_index in by_device.values():
-        norms = torch.stack([n.float() for n in torch._foreach_norm(bucket_tensors)]).to(device)
-        index = torch.tensor(bucket_index, device=device)
-        squares.index_add_(0, index, norms * norms)
-    return squares.sqrt()
+class _GroupNorms:
+    """√(Σ‖t‖²) per group from per-tensor norms, on-device and without host synchronisation: one stack, one
+    ``index_add_``, one ``sqrt``. The group-index tensors are built once and cached (building one from a Python
+    list is a blocking host-to-device copy)."""
+
+    def __init__(self, num_groups: int):
+        self.num_groups = num_groups
+        self._index: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, norms: list[torch.Tensor], group_index: tuple[int, ...]) -> torch.Tensor:
+        device = norms[0].device
+        index = self._index.get((device, group_index))
+        if index is None:
+            index = self._index[(device, group_index)] = torch.tensor(group_index, device=device)
+        stacked = torch.stack([n.to(device, torch.float32) for n in norms])
+        squares = torch.zeros(self.num_groups, dtype=torch.float32, device=device)
+        return squares.index_add_(0, index, stacked * stacked).sqrt()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,6 +225,7 @@ class LayerGradNormCallback(TrainerCallback):
         self.every_n_steps = _check_every(every_n_steps)
         self._groups: list[str] = []
         self._params: list[tuple[nn.Parameter, int]] = []
+        self._norms = _GroupNorms(0)
         self._pending = _StepValues()
         self._warned = False
 
@@ -229,6 +233,7 @@ class LayerGradNormCallback(TrainerCallback):
         groups = layer_groups(model)
         self._groups = list(groups)
         self._params = [(param, index) for index, params in enumerate(groups.values()) for _, param in params]
+        self._norms = _GroupNorms(len(self._groups))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1  # the update about to be made
@@ -238,7 +243,8 @@ class LayerGradNormCallback(TrainerCallback):
         if not pairs:
             return
         grads, index = zip(*pairs)
-        self._pending.put(step, _group_norms(list(grads), list(index), len(self._groups)))
+        with torch.no_grad():
+            self._pending.put(step, self._norms(torch._foreach_norm(list(grads)), index))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._pending.step == state.global_step:
@@ -306,6 +312,8 @@ class ParameterDistanceCallback(TrainerCallback):
         self.every_n_steps = _check_every(every_n_steps)
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._groups: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]] = []
+        self._index: tuple[int, ...] = ()
+        self._norms = _GroupNorms(0)
         self._pending = _StepValues()
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
@@ -327,6 +335,8 @@ class ParameterDistanceCallback(TrainerCallback):
                 initial.append(value if value.device == param.device else value.to(param.device))
             if live:
                 self._groups.append((group, live, initial))
+        self._index = tuple(i for i, (_, live, _) in enumerate(self._groups) for _ in live)
+        self._norms = _GroupNorms(len(self._groups))
         if missing:
             logger.warning("ParameterDistanceCallback: no starting value for %d parameters (%s…); left out",
                            len(missing), ", ".join(missing[:3]))
@@ -351,13 +361,13 @@ class ParameterDistanceCallback(TrainerCallback):
         if state.global_step % self.every_n_steps or not self._groups:
             return
         with torch.no_grad():
-            distances = []
+            norms = []
             for _, live, initial in self._groups:
                 # one group at a time: the temporary differences take one layer's memory, not the model's
                 diffs = torch._foreach_sub(live, initial)
-                distances.append(_group_norms(diffs, [0] * len(diffs), 1))
+                norms.extend(torch._foreach_norm(diffs))
                 del diffs
-            self._pending.put(state.global_step, torch.cat([d.to(distances[0].device) for d in distances]))
+            self._pending.put(state.global_step, self._norms(norms, self._index))
         control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -400,7 +410,12 @@ class DegenerateAlarm:
 
     def as_log(self) -> dict[str, float]:
         """Numeric log keys (every reporting backend accepts them)."""
-        values = {ALARM_KEY: 1.0, f"{ALARM_KEY}/{self.reason}": 1.0, f"{ALARM_KEY}/aborted": float(self.aborted)}
+        values = {
+            ALARM_KEY: 1.0,
+            f"{ALARM_KEY}/{self.reason}": 1.0,
+            f"{ALARM_KEY}/step": float(self.step),
+            f"{ALARM_KEY}/aborted": float(self.aborted),
+        }
         if self.train_loss is not None:
             values[f"{ALARM_KEY}/train_loss"] = self.train_loss
         if self.constant_prediction_loss is not None:
@@ -416,7 +431,7 @@ class DegenerateAlarm:
         train_loss = record.get(f"{ALARM_KEY}/train_loss")
         constant = record.get(f"{ALARM_KEY}/constant_prediction_loss")
         return cls(
-            step=int(record.get("step", -1)),
+            step=int(record.get(f"{ALARM_KEY}/step", record.get("step", -1))),
             reason=reason,
             train_loss=None if train_loss is None else float(train_loss),
             constant_prediction_loss=None if constant is None else float(constant),
@@ -479,7 +494,10 @@ class DegenerateRunCallback(TrainerCallback):
     * **non-finite** — checked every ``nan_check_steps`` updates on the weights of the top layer group (the
       head always receives the loss gradient, so a NaN/inf loss makes them non-finite at that very update, even
       though the Trainer's ``logging_nan_inf_filter`` hides it from the logged loss; steps the fp16 grad
-      scaler skips leave them finite and raise nothing), and on every logged training loss.
+      scaler skips leave them finite and raise nothing), and on every logged training loss. On CPU the flag is
+      read at once. On CUDA it is copied to the host asynchronously and read at the next update (and at once on
+      the last one), so the check never stalls the GPU pipeline: the alarm names the update that went
+      non-finite and training stops one update later.
     * **no better than constant** — from update ``ceil(check_fraction · max_steps)`` on, at every training log
       record, the smoothed training loss (the step-weighted mean of the logged losses over the last
       ``ceil(window_fraction · max_steps)`` updates) is compared with ``constant_prediction_loss``, the loss of
@@ -489,7 +507,7 @@ class DegenerateRunCallback(TrainerCallback):
       window after it, so the test runs whatever ``logging_steps`` is.
 
     When it fires, the record of that update gets ``degenerate_alarm = 1``, ``degenerate_alarm/<reason> = 1``,
-    ``degenerate_alarm/aborted`` and, for the loss test, ``degenerate_alarm/train_loss`` and
+    ``degenerate_alarm/step`` (the update it concerns), ``degenerate_alarm/aborted`` and, for the loss test, ``degenerate_alarm/train_loss`` and
     ``degenerate_alarm/constant_prediction_loss``; :attr:`alarm` holds a :class:`DegenerateAlarm`. On resume
     the alarm is restored from ``state.log_history``. With ``abort=True`` the Trainer stops after that update
     (``control.should_training_stop``); the run is then recorded as aborted, never dropped.
@@ -503,8 +521,7 @@ class DegenerateRunCallback(TrainerCallback):
             (the non-finite test stays on).
         abort: stop training when the alarm fires.
         window_fraction: smoothing window as a fraction of ``max_steps``.
-        nan_check_steps: how often (in updates) the weights are checked; each check reads one flag from the
-            device (a host synchronisation), so raise it on accelerators if that shows in step time.
+        nan_check_steps: how often (in updates) the weights are checked.
     """
 
     def __init__(
@@ -529,6 +546,7 @@ class DegenerateRunCallback(TrainerCallback):
         self._check_step = 0
         self._window = 1
         self._watched: list[torch.Tensor] = []
+        self._checks: list[tuple[int, torch.Tensor, Any]] = []  # (update, host flag, CUDA event or None)
         self._pending = _StepValues()
 
     # -- setup
@@ -538,6 +556,7 @@ class DegenerateRunCallback(TrainerCallback):
             (a for a in (DegenerateAlarm.from_log(r) for r in state.log_history) if a is not None), None
         )
         self._watched = _top_group_parameters(model) if model is not None else []
+        self._checks = []
         max_steps = max(int(state.max_steps or 0), 1)
         self._window = max(1, math.ceil(self.window_fraction * max_steps))
         self._check_step = max(1, math.ceil(self.check_fraction * max_steps)) if self.check_fraction > 0 else 0
@@ -558,8 +577,11 @@ class DegenerateRunCallback(TrainerCallback):
         if self.alarm is not None:
             return
         step = state.global_step
-        if step % self.nan_check_steps == 0 and self._watched and not _all_finite(self._watched):
-            self._fire(DegenerateAlarm(step, "nonfinite", aborted=self.abort), state, control)
+        if step % self.nan_check_steps == 0 and self._watched:
+            self._checks.append((step, *_launch_finite_check(self._watched)))
+        bad_step = self._read_checks(wait_for=step if step >= state.max_steps else step - 1)
+        if bad_step is not None:
+            self._fire(DegenerateAlarm(bad_step, "nonfinite", aborted=self.abort), state, control)
             self._pending.put(step, self.alarm.as_log())
             control.should_log = True
             return
@@ -589,6 +611,30 @@ class DegenerateRunCallback(TrainerCallback):
         self._fire(alarm, state, control)
         _merge_into_log(state, logs, alarm.as_log())
 
+    def on_train_end(self, args, state, control, **kwargs):
+        # A run stopped early (another callback) may leave a check unread: record it in the history.
+        bad_step = self._read_checks(wait_for=state.global_step) if self.alarm is None else None
+        if bad_step is not None:
+            self._fire(DegenerateAlarm(bad_step, "nonfinite", aborted=False), state, control)
+            state.log_history.append({**self.alarm.as_log(), "step": state.global_step})
+
+    def _read_checks(self, wait_for: int) -> int | None:
+        """Read the finiteness flags of the checks made at updates ≤ ``wait_for`` (CPU flags: all of them);
+        the first update found non-finite, or None. Reads happen at the same updates on every rank."""
+        bad = None
+        while self._checks and bad is None:
+            step, flag, event = self._checks[0]
+            if event is not None and step > wait_for:
+                break
+            self._checks.pop(0)
+            if event is not None:
+                event.synchronize()  # this update's kernels have long finished: no pipeline stall
+            if not flag.item():
+                bad = step
+        if bad is not None:
+            self._checks.clear()
+        return bad
+
     def _fire(self, alarm: DegenerateAlarm, state, control) -> None:
         self.alarm = alarm
         if state.is_world_process_zero:
@@ -606,14 +652,23 @@ def _top_group_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [param for _, param in list(groups.values())[-1]] if groups else []
 
 
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
+def _launch_finite_check(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """Start checking that every value of ``tensors`` is finite, min-reduced over ranks. Returns the flag (1 =
+    finite) and, for a CUDA flag, the event after which its pinned host copy is valid (else None)."""
     with torch.no_grad():
         norms = torch._foreach_norm(tensors)
-        flag = torch.isfinite(torch.stack([n.float() for n in norms]).sum()).to(torch.int32)
+        device = norms[0].device
+        flag = torch.isfinite(torch.stack([n.to(device, torch.float32) for n in norms]).sum()).to(torch.int32)
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             flag = flag.to(_collective_device())
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
+        if flag.device.type != "cuda":
+            return flag.cpu(), None
+        host = torch.empty((), dtype=flag.dtype, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
 
 def _collective_device() -> torch.device:

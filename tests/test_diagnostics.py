@@ -228,6 +228,19 @@ def test_nonfinite_loss_aborts_at_once_and_is_recorded(tmp_path):
     assert record["step"] == 3 and "loss" in record
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nonfinite_check_on_cuda_is_read_one_update_later_and_names_the_update(tmp_path):
+    model = tiny_model("bert", tmp_path)
+    callback = DegenerateRunCallback(check_fraction=0, abort=True)
+    args = tiny_args(tmp_path / "out", use_cpu=False, logging_steps=100, num_train_epochs=3)
+    trainer = Trainer(model=model, args=args, train_dataset=RandomClassificationDataset(),
+                      callbacks=[NanAfter(model, step=3), callback])
+    trainer.train()
+    assert callback.alarm.step == 3 and trainer.state.global_step == 4  # read at the next update: no stall
+    record = next(r for r in trainer.state.log_history if r.get("degenerate_alarm"))
+    assert record["step"] == 4 and summarize_diagnostics(trainer.state.log_history)["degenerate_alarm"]["step"] == 3
+
+
 def test_standalone_callback_records_the_alarm(tmp_path):
     model = tiny_model("bert", tmp_path)
     callback = DegenerateRunCallback(check_fraction=0, abort=True)
