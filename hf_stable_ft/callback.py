@@ -171,7 +171,9 @@ class StableFineTuningCallback(TrainerCallback):
     """Applies ``StableTrainingArguments``'s model changes at ``on_init_end`` and runs its diagnostics.
 
     Pass it at construction — ``Trainer(..., callbacks=[StableFineTuningCallback()],
-    optimizer_cls_and_kwargs=stable_optimizer(args))`` — so it sees ``on_init_end``. It refuses (rather than
+    optimizer_cls_and_kwargs=stable_optimizer(args))`` — so it sees ``on_init_end``. With diagnostics on, also
+    call ``hf_stable_ft.diagnostics.place_before_reporters(trainer, callback)`` once, so the ``report_to``
+    integrations (which the Trainer runs before user callbacks) see the diagnostics (StableTrainer does this). It refuses (rather than
     silently doing nothing) when it was added too late, when ``model_init`` replaced the prepared model, or
     when the optimizer settings were given without :func:`stable_optimizer`.
 
@@ -233,12 +235,8 @@ class StableFineTuningCallback(TrainerCallback):
 
 def _diagnostic_callbacks(args: StableTrainingArguments, state: FineTuningState) -> list[TrainerCallback]:
     """The diagnostics callbacks that ``args`` ask for (see :mod:`hf_stable_ft.diagnostics`)."""
-    try:
-        from .diagnostics import callbacks_from_args
-    except ImportError:  # diagnostics module not built in this checkout
-        if args.diagnostics_steps or args.degenerate_check_fraction or args.abort_degenerate_runs:
-            raise
-        return []
+    from .diagnostics import callbacks_from_args
+
     return callbacks_from_args(args, state)
 
 
