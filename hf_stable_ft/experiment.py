@@ -219,7 +219,7 @@ def prepare_task(config: SweepConfig) -> PreparedTask:
         pretrained = model.state_dict()
     else:
         model, loading = AutoModelForSequenceClassification.from_pretrained(
-            source, **info.model_kwargs(), output_loading_info=True, dtype=torch.float32
+            source, **info.model_kwargs(), output_loading_info=True, dtype=torch.float32, ignore_mismatched_sizes=True
         )
         mismatched = {item[0] if isinstance(item, (tuple, list)) else item for item in loading.get("mismatched_keys", [])}
         fresh = set(loading["missing_keys"]) | mismatched
