@@ -1,0 +1,137 @@
+"""One entry point for the benchmarks: runs them (``--run``) and writes BENCHMARKS.md from their results.
+
+    python benchmarks/run_all.py --run            # CPU: optimizer, cost, scale, Mixout, diagnostics (~20 min)
+    python benchmarks/run_all.py --run --device cuda --stability   # on a GPU, also the stability study
+    python benchmarks/run_all.py                  # only re-assemble BENCHMARKS.md from benchmarks/results/
+
+Each benchmark writes a markdown table (with machine, date and versions) under ``benchmarks/results/``;
+stability cells are sweep directories (``report.md``, ``summary.json``, ``runs.jsonl.gz``). BENCHMARKS.md
+is assembled from those files only, so every number in it comes from a file a command wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+COMMANDS = {
+    "optimizer": "python benchmarks/bench_optimizer.py --device {device}",
+    "cost": "python benchmarks/bench_cost.py --device {device}",
+    "scale": "python benchmarks/bench_cost.py --device {device} --scale",
+    "mixout": "python benchmarks/bench_mixout.py --device {device} --output benchmarks/results/mixout_{device}.md",
+    "diagnostics": "python benchmarks/bench_diagnostics.py --device {device}",
+    "stability": "python benchmarks/stability.py --output benchmarks/results/stability_{device} --workers 12",
+}
+
+
+def run(names: list[str], device: str) -> None:
+    for name in names:
+        command = COMMANDS[name].format(device=device).replace("python", sys.executable, 1)
+        print(f"$ {command}", flush=True)
+        subprocess.run(command, shell=True, cwd=ROOT, check=True)
+    for runs in RESULTS.glob("stability_*/*/runs.jsonl"):
+        with open(runs, "rb") as source, gzip.open(runs.with_suffix(".jsonl.gz"), "wb") as target:
+            shutil.copyfileobj(source, target)
+        runs.unlink()
+
+
+def _read(name: str) -> str | None:
+    path = RESULTS / name
+    return path.read_text().strip() if path.exists() else None
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def stability_table(cell_dir: Path) -> str:
+    summary = json.loads((cell_dir / "summary.json").read_text())
+    lines = [
+        f"**{cell_dir.name}** — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
+        f"(majority baseline {_pct(summary['majority_baseline'].get(summary['split']))})",
+        "",
+        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs devlin2019 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for recipe, entry in summary["recipes"].items():
+        s = entry["summary"]
+        expected = entry.get("expected_test") or entry.get("expected_max_validation") or {}
+        means = expected.get("mean") or []
+        versus = entry.get("vs_baseline") or {}
+        p = versus.get("t_p")
+        lines.append(
+            f"| {recipe} | {s['n']} | {_pct(s['mean'])} ± {_pct(s['std'])} | {_pct(s['max'])} | "
+            f"{s['n_degenerate']}/{s['n']} | {' / '.join(_pct(m) for m in means)} | "
+            f"{'–' if p is None else f'{p:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def assemble() -> Path:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Every number below was written by a script in `benchmarks/` into `benchmarks/results/`; this file is "
+        "assembled from those files by `python benchmarks/run_all.py` (add `--run` to re-measure). Each table "
+        "names its machine, date and versions. Ratios are measured side by side in one process; absolute times "
+        "are meaningful only from a GPU (the CPU here is a shared 2-core VM whose load varied while we measured).",
+        "",
+    ]
+    sections = [
+        ("1. Cost of each feature vs the stock Trainer", ["cost_cuda.md", "cost_cpu.md"],
+         "Command: `python benchmarks/bench_cost.py [--device cuda]`. Targets: ≤1.05× for optimizer-only features, "
+         "≤1.25× with Mixout, ≤1.05× for diagnostics at 10-step logging."),
+        ("StableAdamW vs torch's fused AdamW (optimizer step alone)", ["optimizer_cuda.md", "optimizer_cpu.md"],
+         "Command: `python benchmarks/bench_optimizer.py [--device cuda]`. Target: ≤1.05× in both modes."),
+        ("Mixout step time and memory", ["mixout_cuda.md", "mixout_cpu.md"],
+         "Command: `python benchmarks/bench_mixout.py --device cpu|cuda --output FILE`. Target: ≤1.25× step time, "
+         "memory overhead ≤ one copy of the mixed Linear weights."),
+        ("Diagnostics overhead", ["diagnostics_cuda.md", "diagnostics_cpu.md"],
+         "Command: `python benchmarks/bench_diagnostics.py [--device cuda]`. Target: ≤5% of step time at 10-step logging."),
+        ("3. Scale: sequence length × batch size", ["scale_cuda.md", "scale_cpu.md"],
+         "Command: `python benchmarks/bench_cost.py --scale [--device cuda]`."),
+    ]
+    for title, files, note in sections:
+        parts += [f"## {title}", "", note, ""]
+        found = [(name, _read(name)) for name in files]
+        found = [(name, text) for name, text in found if text]
+        if not found:
+            parts += ["*Not measured yet.*", ""]
+        for name, text in found:
+            parts += [f"`benchmarks/results/{name}`:", "", text, ""]
+    parts += ["## 2. Stability", ""]
+    notes = RESULTS / "stability_notes.md"
+    if notes.exists():
+        parts += [notes.read_text().strip(), ""]
+    for device_dir in sorted(RESULTS.glob("stability_*")):
+        for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
+            parts += [stability_table(cell), "",
+                      f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
+    path = ROOT / "BENCHMARKS.md"
+    path.write_text("\n".join(parts).rstrip() + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="store_true", help="run the benchmarks before assembling")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--stability", action="store_true", help="also run the stability study (hours on a CPU)")
+    parser.add_argument("--only", nargs="+", choices=sorted(COMMANDS), help="run only these benchmarks")
+    options = parser.parse_args()
+    if options.run:
+        names = options.only or [n for n in COMMANDS if n != "stability" or options.stability]
+        run(names, options.device)
+    print(f"wrote {assemble()}")
+
+
+if __name__ == "__main__":
+    main()
