@@ -11,6 +11,8 @@ loaded by ``from_pretrained`` with ``_is_hf_initialized`` and ``_init_weights`` 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -39,12 +41,19 @@ def reinit_module_(module: nn.Module, std: float, generator: torch.Generator | N
     pretrained tensor inside a "re-initialised" block would corrupt the experiment.
     """
     names: list[str] = []
+    # PEFT tuner layers (LoRA ...) inside the block: their adapters keep their own init (LoRA B = 0, so the adapter
+    # starts as a no-op), as when the block is re-drawn before get_peft_model(); the wrapped base weights are re-drawn.
+    tuner = getattr(sys.modules.get("peft.tuners.tuners_utils"), "BaseTunerLayer", ())
+    adapters = tuple(f"{sub_name}.{attr}." if sub_name else f"{attr}." for sub_name, sub in module.named_modules(prefix=prefix)
+                     if tuner and isinstance(sub, tuner) for attr in sub.adapter_layer_names)
     for sub_name, sub in module.named_modules(prefix=prefix):
         own = dict(sub.named_parameters(recurse=False))
         if not own:
             continue
         for param_name, param in own.items():
             full = f"{sub_name}.{param_name}" if sub_name else param_name
+            if full.startswith(adapters):
+                continue
             if param_name == "bias":
                 param.zero_()
             elif _is_norm(sub) and param_name == "weight":

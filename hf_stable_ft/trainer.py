@@ -7,6 +7,7 @@ import math
 from transformers import Trainer
 
 from .args import StableTrainingArguments
+from .architectures import ENCODER_LAYOUTS, unwrap_model
 from .callback import StableFineTuningCallback, create_stable_optimizer, prepare_model
 from .diagnostics import place_before_reporters
 
@@ -36,6 +37,12 @@ class StableTrainer(Trainer):
         if not any(isinstance(c, StableFineTuningCallback) for c in callbacks):
             callbacks.insert(0, StableFineTuningCallback())
         super().__init__(model, args, *pos, callbacks=callbacks, **kwargs)
+        # transformers 5 takes any forward(**kwargs) as consuming num_items_in_batch; the encoder heads ignore it and
+        # return a per-batch mean, so the Trainer would skip the 1/gradient_accumulation_steps scaling and multiply the
+        # loss by the number of processes (huggingface/transformers#47688). A per-batch mean needs neither.
+        config = getattr(unwrap_model(self.model), "config", None)
+        if self.compute_loss_func is None and getattr(config, "model_type", None) in ENCODER_LAYOUTS:
+            self.model_accepts_loss_kwargs = False
         # Ahead of the report_to integrations, so the diagnostics it adds to the logs reach every backend.
         place_before_reporters(self, *(c for c in self.callback_handler.callbacks if isinstance(c, StableFineTuningCallback)))
 
