@@ -124,3 +124,37 @@ def test_too_many_reinit_layers_fail_at_init(tmp_path):
     args = tiny_args(tmp_path / "out", reinit_layers=5)
     with pytest.raises(ValueError, match="reinit_layers=5 .* only 3"):
         StableTrainer(model=tiny_model("bert", tmp_path), args=args, train_dataset=RandomClassificationDataset())
+
+
+def test_mixout_through_the_trainer_saves_a_plain_model(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from hf_stable_ft.mixout import has_mixout
+
+    dataset = RandomClassificationDataset()
+    args = tiny_args(tmp_path / "out", mixout_prob=0.1, layerwise_lr_decay=0.8, pretrained_weight_decay=0.01,
+                     reinit_layers=1, gradient_accumulation_steps=2, bf16=True)
+    model = tiny_model("bert", tmp_path)
+    trainer = StableTrainer(model=model, args=args, train_dataset=dataset)
+    assert has_mixout(model) and get_fine_tuning_state(model).mixout_layers
+    optimizer_params = {id(p) for g in trainer.create_optimizer().param_groups for p in g["params"]}
+    assert optimizer_params == {id(p) for p in model.parameters() if p.requires_grad}
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    plain = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()  # without bf16 autocast
+    inputs = dataset[:4]["input_ids"]
+    expected = plain(input_ids=inputs).logits.detach()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModelForSequenceClassification
+        model, info = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "saved")!r}, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert "hf_stable_ft" not in sys.modules
+        logits = model.eval()(input_ids=torch.load({str(tmp_path / "inputs.pt")!r})).logits
+        torch.save(logits, {str(tmp_path / "logits.pt")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, atol=1e-5)
