@@ -111,7 +111,7 @@ def assemble() -> Path:
     notes = RESULTS / "stability_notes.md"
     if notes.exists():
         parts += [notes.read_text().strip(), ""]
-    for device_dir in sorted(RESULTS.glob("stability_*")):
+    for device_dir in sorted(p for p in RESULTS.glob("stability_*") if p.is_dir()):
         for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
             parts += [stability_table(cell), "",
                       f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
