@@ -7,9 +7,11 @@ Run: python benchmarks/bench_optimizer.py [--device cuda] [--repeats 30]
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
-from common import embedded_model_path, interleaved_medians, machine_description, write_result
+
+from common import embedded_model_path, interleaved_times, machine_description, median_ratios, write_result
 from transformers import AutoModelForSequenceClassification
 
 from hf_stable_ft import StableAdamW, build_param_groups
@@ -18,7 +20,8 @@ from hf_stable_ft import StableAdamW, build_param_groups
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--output", default="benchmarks/results/optimizer_{device}.md")
     options = parser.parse_args()
     device = torch.device(options.device)
@@ -43,17 +46,18 @@ def main() -> None:
     add("StableAdamW, bias-corrected", lambda m: StableAdamW(groups(m), lr=2e-5))
     add("StableAdamW, BERTAdam", lambda m: StableAdamW(groups(m), lr=2e-5, bias_correction=False))
     num_params = sum(p.numel() for p in models["torch AdamW (fused)"].parameters())
-    medians = interleaved_medians({name: opt.step for name, opt in optimizers.items()}, options.repeats, sync=sync)
-    base = medians["torch AdamW (fused)"]
+    times = interleaved_times({name: opt.step for name, opt in optimizers.items()}, options.repeats,
+                              warmup=options.warmup, sync=sync)
+    ratios = median_ratios(times, "torch AdamW (fused)")
     lines = [
         f"Optimizer step on all-MiniLM-L6-v2's {num_params / 1e6:.1f}M parameters ({options.device}; "
-        f"median of {options.repeats} interleaved steps) — {machine_description(options.device)}",
+        f"median of {options.repeats} interleaved steps; ratio = median of per-round ratios) — {machine_description(options.device)}",
         "",
         "| optimizer | step time | ratio vs fused torch AdamW |",
         "|---|---|---|",
     ]
-    for name, seconds in medians.items():
-        lines.append(f"| {name} | {seconds * 1e3:.2f} ms | {seconds / base:.3f}× |")
+    for name, values in times.items():
+        lines.append(f"| {name} | {statistics.median(values) * 1e3:.2f} ms | {ratios[name]:.3f}× |")
     lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -30,9 +30,9 @@ def machine_description(device: str = "cpu") -> str:
     )
 
 
-def interleaved_medians(variants: dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
-                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Median seconds per call of each variant, run round-robin so drift affects all equally."""
+def interleaved_times(variants: dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
+                      sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of each variant for every round, run round-robin so drift affects all equally."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -45,7 +45,13 @@ def interleaved_medians(variants: dict[str, Callable[[], None]], repeats: int, w
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def median_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
+    """Median over rounds of each variant's time divided by the baseline's time in the same round — robust to
+    load that changes between rounds on a shared machine."""
+    return {name: statistics.median(t / b for t, b in zip(values, times[baseline])) for name, values in times.items()}
 
 
 def write_result(path: str, text: str) -> None:
