@@ -25,8 +25,8 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
