@@ -7,7 +7,7 @@ settings; any field the user passes explicitly wins over the recipe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
@@ -61,6 +61,12 @@ STABILITY_RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 0.01,
     },
 }
+
+
+def _field_default(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
 
 
 @dataclass
@@ -153,7 +159,14 @@ class StableTrainingArguments(TrainingArguments):
         instance = super().__new__(cls)
         # Which fields the caller set, so a recipe never overrides them (the dataclass __init__ cannot tell a
         # default from an explicit value equal to it).
-        instance._explicit_fields = frozenset(kwargs) | {f.name for f, _ in zip(fields(cls), args)}
+        explicit = frozenset(kwargs) | {f.name for f, _ in zip(fields(cls), args)}
+        init_fields = [f for f in fields(cls) if f.init]
+        if len(explicit) == len(init_fields):
+            # HfArgumentParser.parse_args_into_dataclasses passes every field: only values that differ from the
+            # defaults can have been chosen, so a recipe still fills in the rest.
+            values = dict(zip((f.name for f in fields(cls)), args), **kwargs)
+            explicit = frozenset(f.name for f in init_fields if values.get(f.name, MISSING) != _field_default(f))
+        instance._explicit_fields = explicit
         return instance
 
     def __post_init__(self):

@@ -52,13 +52,22 @@ class FineTuningState:
     initial_parameters: dict[str, torch.Tensor] | None = None
     mixout_layers: list[str] = field(default_factory=list)
 
+    #: name prefix of the pretrained encoder (``model.base_model_prefix``, e.g. ``"bert."``); parameters outside
+    #: it (the task head) are new, not pretrained.
+    encoder_prefix: str = ""
+
     @property
     def pretrained_anchors(self) -> dict[str, torch.Tensor] | None:
-        """θ_pre of pretrained weight decay: starting values of the parameters that were not re-initialised."""
+        """θ_pre of pretrained weight decay: starting values of the encoder parameters that were not
+        re-initialised (the task head is new, so it keeps ordinary weight decay)."""
         if self.initial_parameters is None:
             return None
         reinitialized = set(self.reinitialized)
-        return {name: value for name, value in self.initial_parameters.items() if name not in reinitialized}
+        return {
+            name: value
+            for name, value in self.initial_parameters.items()
+            if name not in reinitialized and name.startswith(self.encoder_prefix)
+        }
 
 
 _STATES: "weakref.WeakKeyDictionary[nn.Module, FineTuningState]" = weakref.WeakKeyDictionary()
@@ -81,7 +90,8 @@ def prepare_model(model: nn.Module, args: StableTrainingArguments) -> FineTuning
     if existing is not None:
         return existing
     task_model = unwrap_model(model)
-    state = FineTuningState()
+    prefix = getattr(task_model, "base_model_prefix", "")
+    state = FineTuningState(encoder_prefix=f"{prefix}." if prefix and hasattr(task_model, prefix) else "")
     needs_layers = args.reinit_layers > 0 or args.auto_reinit_layers
     if needs_layers or args.reinit_pooler:
         depth = len(transformer_blocks(task_model, purpose="top-layer re-initialisation")) if needs_layers else 0

@@ -447,7 +447,7 @@ def _check_sweep_dir(output: Path, config: SweepConfig, resume: bool, overwrite:
         for name in (RUNS_FILE, SWEEP_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (output / name).unlink()
-    output.mkdir(parents=True, exist_ok=True)
+    _make_output_dir(output)
     if settings_path.exists():
         previous = json.loads(settings_path.read_text())
         if previous.get("identity") != _json_safe(config.identity()) and not resume:
@@ -458,6 +458,13 @@ def _check_sweep_dir(output: Path, config: SweepConfig, resume: bool, overwrite:
     _check_writable(output)
     settings_path.write_text(json.dumps({"identity": _json_safe(config.identity()), "config": _json_safe(
         dataclasses.asdict(config))}, indent=2, sort_keys=True))
+
+
+def _make_output_dir(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"cannot create the output directory {output}: {error}") from error
 
 
 def _check_writable(output: Path, min_free_bytes: int = 200 * 2**20) -> None:
@@ -557,7 +564,7 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
     Re-running reuses a completed stage 1.
     """
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    _make_output_dir(output)
     _check_writable(output)
     spec = parse_recipe(recipe)
     checkpoint = output / "intermediate"

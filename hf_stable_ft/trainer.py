@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 
 from transformers import Trainer
+from transformers.training_args import ParallelMode
 
 from .args import StableTrainingArguments
 from .architectures import ENCODER_LAYOUTS, unwrap_model
@@ -39,10 +41,17 @@ class StableTrainer(Trainer):
         super().__init__(model, args, *pos, callbacks=callbacks, **kwargs)
         # transformers 5 takes any forward(**kwargs) as consuming num_items_in_batch; the encoder heads ignore it and
         # return a per-batch mean, so the Trainer would skip the 1/gradient_accumulation_steps scaling and multiply the
-        # loss by the number of processes (huggingface/transformers#47688). A per-batch mean needs neither.
+        # loss by the number of processes. A per-batch mean needs neither.
         config = getattr(unwrap_model(self.model), "config", None)
         if self.compute_loss_func is None and getattr(config, "model_type", None) in ENCODER_LAYOUTS:
             self.model_accepts_loss_kwargs = False
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1 and self.args.parallel_mode != ParallelMode.DISTRIBUTED:
+            raise RuntimeError(
+                f"WORLD_SIZE={world_size} but the Trainer is not running distributed (parallel_mode="
+                f"{self.args.parallel_mode.value}): each process would train alone on all the data. On a machine "
+                "without GPUs pass use_cpu=True (--use_cpu) so transformers uses gloo."
+            )
         # Ahead of the report_to integrations, so the diagnostics it adds to the logs reach every backend.
         place_before_reporters(self, *(c for c in self.callback_handler.callbacks if isinstance(c, StableFineTuningCallback)))
 

@@ -8,6 +8,11 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads that wait on
+# each other make a 0.4 s test take 12 s.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

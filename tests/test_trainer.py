@@ -45,7 +45,8 @@ def test_features_change_training_and_are_recorded(tmp_path):
     state = get_fine_tuning_state(model)
     assert state.reinit_layers == 1 and "bert.pooler.dense.weight" in state.reinitialized
     anchors = state.pretrained_anchors
-    assert "bert.pooler.dense.weight" not in anchors
+    assert "bert.pooler.dense.weight" not in anchors  # re-initialised
+    assert "classifier.weight" not in anchors  # the new head is not pretrained
     assert torch.equal(anchors["bert.encoder.layer.0.output.dense.weight"], pretrained["bert.encoder.layer.0.output.dense.weight"])
     trainer.train()
     groups = {g["name"]: g for g in trainer.optimizer.optimizer.param_groups}
