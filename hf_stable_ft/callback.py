@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from .args import StableTrainingArguments
 from .optim import StableAdamW
 from .param_groups import build_param_groups, snapshot_parameters
 from .reinit import reinit_top_layers
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FineTuningState",
@@ -226,6 +229,15 @@ class StableFineTuningCallback(TrainerCallback):
                 "need the stable optimizer, but the Trainer built "
                 f"{type(_unwrap_optimizer(optimizer)).__name__}; pass optimizer_cls_and_kwargs=stable_optimizer(args) "
                 "or use StableTrainer."
+            )
+        task_model = unwrap_model(model) if model is not None else None
+        multi = stable_args.gradient_accumulation_steps > 1 or stable_args.world_size > 1
+        if multi and task_model is not None and not hasattr(task_model, "accepts_loss_kwargs"):
+            logger.warning(
+                "transformers 5 passes num_items_in_batch to %s, whose loss ignores it: with gradient accumulation or "
+                "several processes the stock Trainer then scales the loss wrongly. Set "
+                "trainer.model_accepts_loss_kwargs = False after building the Trainer, or use StableTrainer.",
+                type(task_model).__name__,
             )
         if stable_args.min_train_steps > state.max_steps:
             raise RuntimeError(

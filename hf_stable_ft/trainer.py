@@ -42,9 +42,11 @@ class StableTrainer(Trainer):
         # transformers 5 takes any forward(**kwargs) as consuming num_items_in_batch; the encoder heads ignore it and
         # return a per-batch mean, so the Trainer would skip the 1/gradient_accumulation_steps scaling and multiply the
         # loss by the number of processes. A per-batch mean needs neither.
-        config = getattr(unwrap_model(self.model), "config", None)
+        task_model = unwrap_model(self.model)
+        config = getattr(task_model, "config", None)
         if self.compute_loss_func is None and getattr(config, "model_type", None) in ENCODER_LAYOUTS:
             self.model_accepts_loss_kwargs = False
+            task_model.accepts_loss_kwargs = False  # what transformers reads for any later Trainer of this model
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1 and self.args.parallel_mode != ParallelMode.DISTRIBUTED:
             raise RuntimeError(
