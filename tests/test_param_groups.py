@@ -1,5 +1,4 @@
 import pytest
-import torch
 from tiny_models import tiny_model
 
 from hf_stable_ft import build_param_groups, layerwise_lr_groups, snapshot_parameters
