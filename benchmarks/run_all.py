@@ -101,6 +101,8 @@ def assemble() -> Path:
     ]
     for title, files, note in sections:
         parts += [f"## {title}", "", note, ""]
+        if title.startswith("1.") and (RESULTS / "cost_notes.md").exists():
+            parts += [(RESULTS / "cost_notes.md").read_text().strip(), ""]
         found = [(name, _read(name)) for name in files]
         found = [(name, text) for name, text in found if text]
         if not found:
