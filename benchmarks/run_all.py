@@ -117,6 +117,9 @@ def assemble() -> Path:
         for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
             parts += [stability_table(cell), "",
                       f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
+    gaps = RESULTS / "gaps.md"
+    if gaps.exists():
+        parts += [gaps.read_text().strip(), ""]
     path = ROOT / "BENCHMARKS.md"
     path.write_text("\n".join(parts).rstrip() + "\n")
     return path
