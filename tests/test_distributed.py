@@ -206,6 +206,11 @@ def test_a_plain_hf_argument_parser_applies_the_recipe():
     assert args.learning_rate == 3e-5  # a flag you give still wins over the recipe
 
 
+@pytest.mark.skipif(
+    not os.environ.get("HF_STABLE_FT_TEST_ACCELERATE"),
+    reason="accelerate launch sometimes hangs after the run has finished on a loaded 2-core machine (seen 3 times in "
+    "~20 launches, once in CI); torchrun covers DDP in CI. Set HF_STABLE_FT_TEST_ACCELERATE=1 to run it.",
+)
 def test_accelerate_launch_runs_the_example_on_two_processes(tmp_path):
     model = save_tiny_bert_with_tokenizer(tmp_path / "model")
     glue = write_rte(tmp_path / "glue")
