@@ -40,16 +40,6 @@ RUNTIME_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_se
                 "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fastest for tiny models, and no OpenMP oversubscription on a shared CPU (2 spinning
-    threads per process on a busy 2-core machine made a 4-step run 30x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")]))

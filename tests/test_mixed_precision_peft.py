@@ -37,16 +37,6 @@ FEATURES = dict(reinit_pooler=True, reinit_layers=1, layerwise_lr_decay=0.8, pre
                 weight_decay=0.01, adam_bias_correction=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fastest for tiny models, and no OpenMP oversubscription on a shared CPU (2 spinning
-    threads per process on a busy 2-core machine made a 4-step run 30x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_bf16_autocast_keeps_optimizer_state_anchors_and_mixout_targets_in_fp32(tmp_path):
     from hf_stable_ft.mixout import MixoutLinear
 
