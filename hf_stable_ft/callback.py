@@ -186,9 +186,9 @@ class StableFineTuningCallback(TrainerCallback):
     Pass it at construction — ``Trainer(..., callbacks=[StableFineTuningCallback()],
     optimizer_cls_and_kwargs=stable_optimizer(args))`` — so it sees ``on_init_end``. With diagnostics on, also
     call ``hf_stable_ft.diagnostics.place_before_reporters(trainer, callback)`` once, so the ``report_to``
-    integrations (which the Trainer runs before user callbacks) see the diagnostics (StableTrainer does this). It refuses (rather than
-    silently doing nothing) when it was added too late, when ``model_init`` replaced the prepared model, or
-    when the optimizer settings were given without :func:`stable_optimizer`.
+    integrations (which the Trainer runs before user callbacks) see the diagnostics (StableTrainer does this).
+    It refuses (rather than silently doing nothing) when it was added too late, when ``model_init`` replaced
+    the prepared model, or when the optimizer settings were given without :func:`stable_optimizer`.
 
     Attributes:
         state: the :class:`FineTuningState` of the prepared model (after ``on_init_end``).
