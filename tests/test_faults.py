@@ -235,17 +235,21 @@ def _no_training(monkeypatch):
     monkeypatch.setattr(experiment, "run_single", refuse)
 
 
+def _cli_argv(command, model, glue, output):
+    common = ["--task", "rte", "--model", str(model), "--data-dir", str(glue), "--use_cpu"]
+    return {
+        "sweep": ["sweep", *common, "--output", str(output), "--seeds", "1"],
+        "train": ["train", *common, "--output_dir", str(output)],
+        "transfer": ["transfer", *common, "--intermediate-task", "rte", "--label-map", "", "--output", str(output)],
+    }[command]
+
+
 @pytest.mark.parametrize("command", ["sweep", "train", "transfer"])
 def test_unwritable_output_fails_before_training(command, glue_fixture, tmp_path, monkeypatch):
     model, glue = glue_fixture
     output = _blocked_output(tmp_path)
     _no_training(monkeypatch)
-    common = ["--task", "rte", "--model", str(model), "--data-dir", str(glue), "--use_cpu"]
-    argv = {
-        "sweep": ["sweep", *common, "--output", str(output), "--seeds", "1"],
-        "train": ["train", *common, "--output_dir", str(output)],
-        "transfer": ["transfer", *common, "--intermediate-task", "rte", "--label-map", "", "--output", str(output)],
-    }[command]
+    argv = _cli_argv(command, model, glue, output)
     started = time.monotonic()
     with pytest.raises(OSError) as error:
         cli.main(argv)
@@ -260,12 +264,7 @@ def test_full_disk_fails_before_training(command, glue_fixture, tmp_path, monkey
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(experiment.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     output = tmp_path / "out"
-    common = ["--task", "rte", "--model", str(model), "--data-dir", str(glue), "--use_cpu"]
-    argv = {
-        "sweep": ["sweep", *common, "--output", str(output), "--seeds", "1"],
-        "train": ["train", *common, "--output_dir", str(output)],
-        "transfer": ["transfer", *common, "--intermediate-task", "rte", "--label-map", "", "--output", str(output)],
-    }[command]
+    argv = _cli_argv(command, model, glue, output)
     with pytest.raises(OSError, match=r"only 1 MiB free"):
         cli.main(argv)
 
