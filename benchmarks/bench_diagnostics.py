@@ -114,7 +114,8 @@ def machine(device: str) -> str:
         where = torch.cuda.get_device_name(0)
     else:
         where = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-                 f"load average {os.getloadavg()[1]:.1f} at the end (other jobs on the cores inflate the spread)")
+                 f"5-minute load average {os.getloadavg()[1]:.1f} at the end, this benchmark's own threads included "
+                 f"(a load above the thread count means other jobs shared the cores)")
     return f"{date.today().isoformat()} · {where} · torch {torch.__version__} · transformers {transformers.__version__}"
 
 

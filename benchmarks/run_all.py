@@ -28,6 +28,7 @@ COMMANDS = {
     "scale": "python benchmarks/bench_cost.py --device {device} --scale",
     "mixout": "python benchmarks/bench_mixout.py --device {device} --output benchmarks/results/mixout_{device}.md",
     "diagnostics": "python benchmarks/bench_diagnostics.py --device {device}",
+    "amp": "python benchmarks/bench_amp.py --device {device}",
     "stability": "python benchmarks/stability.py --output benchmarks/results/stability_{device} --workers 12",
 }
 
@@ -55,7 +56,7 @@ def _pct(x) -> str:
 def stability_table(cell_dir: Path) -> str:
     summary = json.loads((cell_dir / "summary.json").read_text())
     lines = [
-        f"**{cell_dir.name}** — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
+        f"**{cell_dir.name}** ({cell_dir.parent.name.removeprefix('stability_').upper()} runs) — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
         f"(majority baseline {_pct(summary['majority_baseline'].get(summary['split']))})",
         "",
         "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs devlin2019 |",
@@ -75,14 +76,35 @@ def stability_table(cell_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _section(title: str, files: list[str], note: str) -> list[str]:
+    level = "##" if title[0].isdigit() else "###"  # the optimizer, Mixout and diagnostics tables belong to 1.
+    parts = [f"{level} {title}", "", note, ""]
+    if title.startswith("1.") and (RESULTS / "cost_notes.md").exists():
+        parts += [(RESULTS / "cost_notes.md").read_text().strip(), ""]
+    found = [(name, _read(name)) for name in files]
+    found = [(name, text) for name, text in found if text]
+    if not found:
+        parts += ["*Not measured yet.*", ""]
+    for name, text in found:
+        parts += [f"`benchmarks/results/{name}`:", "", _nest_headings(text, len(level)), ""]
+    return parts
+
+
+def _nest_headings(text: str, depth: int) -> str:
+    """Demote a result file's own markdown headings below the section that includes it."""
+    return "\n".join("#" * depth + line if line.startswith("#") else line for line in text.splitlines())
+
+
 def assemble() -> Path:
     parts = [
         "# Benchmarks",
         "",
-        "Every number below was written by a script in `benchmarks/` into `benchmarks/results/`; this file is "
-        "assembled from those files by `python benchmarks/run_all.py` (add `--run` to re-measure). Each table "
-        "names its machine, date and versions. Ratios are measured side by side in one process; absolute times "
-        "are meaningful only from a GPU (the CPU here is a shared 2-core VM whose load varied while we measured).",
+        "Every table below was written by a script in `benchmarks/` into `benchmarks/results/` (the notes around "
+        "them, by hand from those tables); this file is assembled from those files by `python benchmarks/run_all.py` "
+        "(add `--run` to re-measure). Each table names its machine, date and versions. Ratios are measured side by "
+        "side in one process. Quote absolute times from a GPU, or from the CPU tables measured on the idle 2-core VM "
+        "(the cost, scale, optimizer and diagnostics tables and the demo); the Mixout CPU table was measured while "
+        "other jobs shared the cores and says so.",
         "",
     ]
     sections = [
@@ -96,19 +118,11 @@ def assemble() -> Path:
          "memory overhead ≤ one copy of the mixed Linear weights."),
         ("Diagnostics overhead", ["diagnostics_cuda.md", "diagnostics_cpu.md"],
          "Command: `python benchmarks/bench_diagnostics.py [--device cuda]`. Target: ≤5% of step time at 10-step logging."),
-        ("3. Scale: sequence length × batch size", ["scale_cuda.md", "scale_cpu.md"],
-         "Command: `python benchmarks/bench_cost.py --scale [--device cuda]`."),
     ]
+    scale = ("3. Scale: sequence length × batch size", ["scale_cuda.md", "scale_cpu.md"],
+             "Command: `python benchmarks/bench_cost.py --scale [--device cuda]`.")
     for title, files, note in sections:
-        parts += [f"## {title}", "", note, ""]
-        if title.startswith("1.") and (RESULTS / "cost_notes.md").exists():
-            parts += [(RESULTS / "cost_notes.md").read_text().strip(), ""]
-        found = [(name, _read(name)) for name in files]
-        found = [(name, text) for name, text in found if text]
-        if not found:
-            parts += ["*Not measured yet.*", ""]
-        for name, text in found:
-            parts += [f"`benchmarks/results/{name}`:", "", text, ""]
+        parts += _section(title, files, note)
     parts += ["## 2. Stability", ""]
     notes = RESULTS / "stability_notes.md"
     if notes.exists():
@@ -117,6 +131,13 @@ def assemble() -> Path:
         for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
             parts += [stability_table(cell), "",
                       f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
+    parts += _section(*scale)
+    demo = _read("demo_cpu.md")
+    if demo:
+        parts += ["## 4. The demo (`make demo`)", "", demo, ""]
+    parts += _section("5. Mixed precision on the full plugin path", ["amp_cuda.md", "amp_cpu.md"],
+                      "Command: `python benchmarks/bench_amp.py [--device cuda]` (issue #8): every feature on, fp32 vs "
+                      "bf16 autocast (and fp16 with GradScaler on CUDA); the invariants the tests check, on the real model.")
     gaps = RESULTS / "gaps.md"
     if gaps.exists():
         parts += [gaps.read_text().strip(), ""]

@@ -6,6 +6,7 @@ resumable: finished runs are skipped, so a time-boxed call can be continued by t
 
     python benchmarks/stability.py --output benchmarks/results/stability --workers 12 --budget 540
     python benchmarks/stability.py --output ... --cells cola-1k-lr2e-5 --seeds 4   # a smaller CPU run
+    python benchmarks/stability.py --output ... --cells cola-full-lr2e-5 --recipes devlin2019,stock --seeds-full 3
 
 Cells (all: batch 16, max length 128, 10 evaluations per run, zhang2021 protocol — GLUE dev split 50/50
 per class into validation and test, test score at the best validation checkpoint):
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--seeds-full", type=int, default=5, help="seeds of the full-training-set cells")
     parser.add_argument("--intermediate-train-size", type=int, default=None, help="MNLI_subset sample (default: all 9k)")
     parser.add_argument("--cells", default=None, help="comma-separated cell names (default: all)")
+    parser.add_argument("--recipes", default=None,
+                        help="comma-separated recipe labels to run within the chosen cells (default: all of each cell's)")
     options = parser.parse_args()
     from hf_stable_ft.experiment import SWEEP_FILE, read_finished_runs, resolve_model
 
@@ -151,7 +154,18 @@ def main() -> None:
     chosen = cells(options.seeds, options.seeds_full)
     if options.cells:
         names = options.cells.split(",")
+        unknown = sorted(set(names) - {c.name for c in chosen})
+        if unknown:
+            parser.error(f"--cells: unknown {unknown}; choose from {[c.name for c in chosen]}")
         chosen = [c for c in chosen if c.name in names]
+    if options.recipes:
+        wanted = options.recipes.split(",")
+        known = {r.split("=", 1)[0] for c in chosen for r in c.recipes}
+        if set(wanted) - known:
+            parser.error(f"--recipes: unknown {sorted(set(wanted) - known)}; the chosen cells have {sorted(known)}")
+        chosen = [dataclasses.replace(c, recipes=[r for r in c.recipes if r.split("=", 1)[0] in wanted])
+                  for c in chosen]
+        chosen = [c for c in chosen if c.recipes]
     intermediate_dir = output / "mnli_subset_intermediate"
     jobs_list = []
     for cell in chosen:

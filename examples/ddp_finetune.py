@@ -6,8 +6,11 @@ flag (``--stability_recipe``, ``--reinit_layers``, ``--layerwise_lr_decay``, ``-
 
     # 2 processes on one machine (GPUs: nccl, one GPU per process; no GPU: CPU processes with gloo, use_cpu is set)
     torchrun --nproc_per_node 2 examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out --max_steps 20
-    accelerate launch --num_processes 2 examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out
-    accelerate launch --num_processes 2 --cpu examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out --max_steps 20
+    accelerate launch --multi_gpu --num_processes 2 examples/ddp_finetune.py --stability_recipe mosbach2021 --output_dir out
+    # CPU: --multi_gpu is accelerate's torchrun launcher and works with gloo; its --cpu flag starts one process
+    # unless MPI is configured
+    accelerate launch --multi_gpu --num_processes 2 examples/ddp_finetune.py --stability_recipe mosbach2021 \
+        --output_dir out --max_steps 20 --use_cpu
 
 ``per_device_train_batch_size`` is per process: the global batch is per_device × processes ×
 gradient_accumulation_steps (the papers use 16 or 32). Data: GLUE files under ``--data_dir`` or ``$GLUE_DIR``

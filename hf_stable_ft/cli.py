@@ -110,6 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--label-map", default="entailment=entailment,neutral=not_entailment,contradiction=not_entailment")
     transfer.add_argument("--recipe", default="mosbach2021", help="recipe of both stages (preset, stock or variant)")
     transfer.add_argument("--seeds", default="1", help="target-stage seeds")
+    transfer.add_argument("--evaluations", type=int, default=10, help="evaluations per run, in each stage")
     transfer.add_argument("--output", required=True)
 
     report = commands.add_parser("report", help="write DIR/report.md and figures from DIR/runs.jsonl")
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             training=training, seeds=_seeds(options.seeds), data_dir=options.data_dir,
             protocol=options.protocol or "zhang2021", train_size=options.train_size,
             intermediate_train_size=options.intermediate_train_size, max_length=options.max_length,
+            evaluations_per_run=options.evaluations,
         )
         print(json.dumps(result, indent=2))
         return 0

@@ -1,6 +1,6 @@
 """``hf-stable-ft demo``: the stability study in one command, sized for a laptop CPU.
 
-Defaults (≈10–13 minutes on a 2-core CPU): the embedded all-MiniLM-L6-v2 on CoLA, a 1,000-example
+Defaults (10 minutes for the 9 runs on an idle 2-core CPU, timed): the embedded all-MiniLM-L6-v2 on CoLA, a 1,000-example
 class-stratified training sample, 3 seeds, 3 epochs (189 updates at batch 16), 5 evaluations per run,
 the zhang2021 protocol (GLUE dev split into validation and test). Three recipes:
 

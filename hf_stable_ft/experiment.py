@@ -553,7 +553,8 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
                  label_map: dict[str, str] | None = None, output: str | os.PathLike = "transfer_output",
                  training: dict[str, Any] | None = None, seeds: Sequence[int] = (0,), data_dir: str | None = None,
                  protocol: str = "zhang2021", train_size: int | None = None,
-                 intermediate_train_size: int | None = None, max_length: int = 128) -> dict[str, Any]:
+                 intermediate_train_size: int | None = None, max_length: int = 128,
+                 evaluations_per_run: int = 10) -> dict[str, Any]:
     """Intermediate-task transfer as checkpoint chaining (Zhang et al. 2021, Table 2 "Int. task").
 
     Stage 1 fine-tunes ``model`` on ``intermediate_task`` (e.g. ``mnli_subset``) with ``recipe`` and keeps its
@@ -561,7 +562,8 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
     starting from that checkpoint through :func:`hf_stable_ft.transfer.load_intermediate_checkpoint` (the
     output layer built from ``label_map`` rows, or new). Both stages' records are kept:
     ``output/intermediate.json`` and ``output/target/runs.jsonl``; the summary goes to ``output/transfer.json``.
-    Re-running reuses a completed stage 1.
+    Re-running reuses a completed stage 1. ``evaluations_per_run`` sets how often each stage evaluates (and may
+    keep a new best checkpoint); on a CPU each evaluation of a large validation split costs minutes.
     """
     output = Path(output)
     _make_output_dir(output)
@@ -574,10 +576,12 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
     else:
         config = SweepConfig(task=intermediate_task, model=model or DEFAULT_MODEL, recipes=[recipe], seeds=[seeds[0]],
                              train_size=intermediate_train_size, protocol="glue", data_dir=data_dir,
-                             max_length=max_length, training=dict(training or {}))
+                             max_length=max_length, training=dict(training or {}),
+                             evaluations_per_run=evaluations_per_run)
         prepared = prepare_task(config)
         with tempfile.TemporaryDirectory(prefix="hf_stable_ft_stage1_") as run_dir:
-            stage1 = run_single(prepared, spec, seeds[0], run_dir, config.training, save_best_to=checkpoint)
+            stage1 = run_single(prepared, spec, seeds[0], run_dir, config.training, config.evaluations_per_run,
+                                save_best_to=checkpoint)
         if stage1["status"] != "finished":
             raise RuntimeError(f"intermediate stage did not finish ({stage1['status']}): {stage1.get('error')}")
         tmp = stage1_path.with_suffix(".json.partial")
@@ -585,7 +589,7 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
         os.replace(tmp, stage1_path)
     target = SweepConfig(task=task, model=str(checkpoint), recipes=[recipe], seeds=list(seeds), train_size=train_size,
                          protocol=protocol, data_dir=data_dir, max_length=max_length, label_map=label_map,
-                         training=dict(training or {}))
+                         training=dict(training or {}), evaluations_per_run=evaluations_per_run)
     runs = read_finished_runs(run_sweep(target, output / "target", progress=False))
     summary = {
         "intermediate": {"task": intermediate_task, "best_validation": stage1["best_validation"],

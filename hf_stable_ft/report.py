@@ -625,8 +625,9 @@ def _new_figure(width: float, height: float, ncols: int = 1, sharey: bool = Fals
 def _colors(n: int):
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
+    # tab10 without its red (index 3): red marks degenerate seeds in the box plot.
+    palette = [colormaps["tab10"](i) for i in range(10) if i != 3]
+    return [palette[i % len(palette)] for i in range(n)]
 
 
 def _ylabel(summary: dict, split: str | None = None) -> str:

@@ -114,14 +114,15 @@ def test_transfer_runs_both_stages_with_the_label_mapped_head(tiny, tmp_path):
     out = tmp_path / "transfer"
     assert main(["transfer", "--intermediate-task", "mnli_subset", "--task", "rte", "--model", tiny["model"],
                  "--data-dir", tiny["glue"], "--recipe", "mosbach2021", "--seeds", "1", "--output", str(out),
-                 *FAST]) == 0
+                 "--evaluations", "1", *FAST]) == 0
     summary = json.loads((out / "transfer.json").read_text())
     assert summary["intermediate"]["task"] == "mnli_subset" and summary["intermediate"]["best_validation"] is not None
     assert set(summary["target"]) == {"mosbach2021/seed=0"}
     stage1 = json.loads((out / "intermediate.json").read_text())
     assert stage1["task"] == "MNLI" and stage1["status"] == "finished"
+    assert stage1["settings"]["eval_steps"] == 0.9999  # --evaluations 1 reaches stage 1, not only the target stage
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(out / "intermediate").num_labels == 3
     target = read_finished_runs(out / "target" / "runs.jsonl")["mosbach2021/seed=0"]
-    assert target["status"] == "finished"
+    assert target["status"] == "finished" and target["settings"]["eval_steps"] == 0.9999

@@ -1,9 +1,11 @@
-"""Mixed precision (bf16 autocast on CPU) and PEFT/LoRA with StableTrainer.
+"""Mixed precision (bf16 autocast on CPU; bf16 and fp16 on a GPU when there is one) and PEFT/LoRA with StableTrainer.
 
 bf16 (``bf16=True``): the Trainer runs forward/backward under ``torch.autocast(dtype=bfloat16)`` with fp32
 parameters. StableAdamW's state stays fp32, the pretrained-WD anchors are exact fp32 copies of the starting
 weights, and Mixout mixes in fp32 — W₀ is a buffer with the weight's dtype (it follows ``model.to(dtype)``) and
 the mixed weight is cast to the autocast dtype for the matmul, so the layer computes in bf16 like ``nn.Linear``.
+The same holds for ``bf16=True`` and ``fp16=True`` on a GPU (fp16 adds the Trainer's GradScaler, which unscales
+the gradients before StableAdamW's step); those cases run only where CUDA is available.
 
 PEFT/LoRA: parameter names are those of ``model.get_base_model()``; LLRD gives each LoRA matrix the rate of the
 block it adapts, the head (``modules_to_save``) the base rate. Pretrained weight decay anchors every *trainable*
@@ -37,14 +39,26 @@ FEATURES = dict(reinit_pooler=True, reinit_layers=1, layerwise_lr_decay=0.8, pre
                 weight_decay=0.01, adam_bias_correction=False)
 
 
-def test_bf16_autocast_keeps_optimizer_state_anchors_and_mixout_targets_in_fp32(tmp_path):
+AMP_SETTINGS = [
+    pytest.param("cpu", "bf16", id="cpu-bf16"),
+    pytest.param("cuda", "bf16", id="cuda-bf16", marks=pytest.mark.skipif(
+        not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()), reason="needs a GPU with bf16")),
+    pytest.param("cuda", "fp16", id="cuda-fp16", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a GPU (fp16 mixed precision needs CUDA's GradScaler)")),
+]
+
+
+@pytest.mark.parametrize("device,precision", AMP_SETTINGS)
+def test_autocast_keeps_optimizer_state_anchors_and_mixout_targets_in_fp32(tmp_path, device, precision):
     from hf_stable_ft.mixout import MixoutLinear
 
     model = tiny_model("bert", tmp_path)
     pretrained = parameters_of(model)
-    args = tiny_args(tmp_path / "out", bf16=True, max_steps=4, mixout_prob=0.2, diagnostics_steps=2, **FEATURES)
+    args = tiny_args(tmp_path / "out", max_steps=4, mixout_prob=0.2, diagnostics_steps=2, use_cpu=device == "cpu",
+                     **{precision: True}, **FEATURES)
     trainer = StableTrainer(model=model, args=args, train_dataset=RandomClassificationDataset(size=32))
-    assert trainer.accelerator.mixed_precision == "bf16"
+    assert trainer.accelerator.mixed_precision == precision
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     state = get_fine_tuning_state(model)
     start = {name: value.clone() for name, value in state.initial_parameters.items()}
     seen = []
@@ -53,10 +67,10 @@ def test_bf16_autocast_keeps_optimizer_state_anchors_and_mixout_targets_in_fp32(
     layer.register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
     trainer.train()
 
-    assert (True, torch.bfloat16) in seen  # trained under autocast: the mixed layer computed in bf16
+    assert (True, compute_dtype) in seen  # trained under autocast: the mixed layer computed in the autocast dtype
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
-    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.dtype == torch.float32 and p.device.type == device for p in model.parameters())
     optimizer = trainer.optimizer.optimizer
     assert isinstance(optimizer, StableAdamW)
     moments = [(s["exp_avg"].dtype, s["exp_avg_sq"].dtype) for s in optimizer.state.values()]
@@ -66,12 +80,12 @@ def test_bf16_autocast_keeps_optimizer_state_anchors_and_mixout_targets_in_fp32(
     assert optimizer.pretrained_anchors
     for param, anchor in optimizer.pretrained_anchors.items():
         name = names[id(param)]
-        assert anchor.dtype == torch.float32 and torch.equal(anchor, pretrained[name]), name
+        assert anchor.dtype == torch.float32 and torch.equal(anchor.cpu(), pretrained[name].cpu()), name
     # Mixout W0: the starting weight (after re-init) in the weight's dtype, untouched by training
     for name, module in model.named_modules():
         if isinstance(module, MixoutLinear):
             assert module.mixout_target.dtype == torch.float32
-            assert torch.equal(module.mixout_target, start[f"{name}.weight"]), name
+            assert torch.equal(module.mixout_target.cpu(), start[f"{name}.weight"].cpu()), name
     # pure bf16 weights: W0 follows the module's dtype
     model.to(torch.bfloat16)
     assert layer.mixout_target.dtype == torch.bfloat16

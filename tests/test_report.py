@@ -234,3 +234,13 @@ def test_single_seed_recipe_has_no_p_values(tmp_path):
     solo = summary["recipes"]["solo"]
     assert solo["summary"]["std"] is None and solo["vs_baseline"]["levene_p"] is None
     assert "undefined" in md
+
+
+def test_recipe_colours_never_use_the_degenerate_red():
+    from matplotlib.colors import to_rgba
+
+    from hf_stable_ft.report import _colors
+
+    colours = _colors(12)
+    assert to_rgba("tab:red") not in colours
+    assert len(set(colours[:9])) == 9
