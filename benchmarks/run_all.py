@@ -103,8 +103,8 @@ def assemble() -> Path:
         "them, by hand from those tables); this file is assembled from those files by `python benchmarks/run_all.py` "
         "(add `--run` to re-measure). Each table names its machine, date and versions. Ratios are measured side by "
         "side in one process. Quote absolute times from a GPU, or from the CPU tables measured on the idle 2-core VM "
-        "(the cost, scale, optimizer and diagnostics tables and the demo); the Mixout CPU table was measured while "
-        "other jobs shared the cores and says so.",
+        "(the cost, scale, optimizer and diagnostics tables and the demo); the Mixout and mixed-precision CPU tables "
+        "were measured while other jobs shared the cores and say so.",
         "",
     ]
     sections = [
