@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 
-from hf_stable_ft import StableTrainer, StableTrainingArguments, get_fine_tuning_state, unwrap_model
+from hf_stable_ft import (StableTrainer, StableTrainingArguments, get_fine_tuning_state, shutdown_distributed,
+                          unwrap_model)
 from hf_stable_ft.cli import parse_training_flags
 from hf_stable_ft.data import get_task_info, load_glue_task
 from hf_stable_ft.metrics import glue_compute_metrics
@@ -121,10 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({k: results[k] for k in ("task", "world_size", "global_batch_size", "global_step",
                                                   "replicas_in_sync")} | {"validation": metrics["validation"]},
                          indent=2, default=str))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # an explicit shutdown: gloo's threads otherwise may abort the process at exit ("terminate called ...")
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    # last: free the DDP wrapper, then destroy the process group (a plain destroy can hang at exit with gloo)
+    shutdown_distributed(trainer)
     return results
 
 

@@ -16,6 +16,7 @@ from .callback import (
     prepare_model,
     stable_optimizer,
 )
+from .distributed import shutdown_distributed
 from .optim import StableAdamW
 from .param_groups import build_param_groups, layerwise_lr_groups, snapshot_parameters
 from .reinit import reinit_top_layers
@@ -40,6 +41,7 @@ __all__ = [
     "parameter_depths",
     "prepare_model",
     "reinit_top_layers",
+    "shutdown_distributed",
     "snapshot_parameters",
     "stable_optimizer",
     "unwrap_model",

@@ -30,12 +30,13 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
-from hf_stable_ft import StableTrainer, StableTrainingArguments, get_fine_tuning_state, unwrap_model
+from hf_stable_ft import StableTrainer, StableTrainingArguments, get_fine_tuning_state, shutdown_distributed, unwrap_model
 
 SCENARIOS = {
     "features": dict(
@@ -186,10 +187,12 @@ def main(argv=None) -> int:
     batch = options.per_device_batch_size or GLOBAL_BATCH // world
     for scenario in options.scenarios.split(","):
         run_scenario(scenario, options.model, out, batch)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # without it gloo's threads can outlive the interpreter: "terminate called without an active exception"
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        destroyed = shutdown_distributed()  # the scenarios' trainers are unreachable by now
+    (out / f"shutdown_rank{rank}.json").write_text(json.dumps({
+        "destroyed": destroyed, "initialized_after": torch.distributed.is_initialized(),
+        "warnings": [str(w.message) for w in caught if "shutdown_distributed" in str(w.message)]}))
     return 0
 
 

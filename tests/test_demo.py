@@ -24,3 +24,15 @@ def test_demo_runs_end_to_end_at_a_tiny_size(glue_data_dir, minilm_path, tmp_pat
     assert "## Verdict" in out and str(report.resolve()) in out
     runs = (tmp_path / "demo" / "runs.jsonl").read_text().splitlines()
     assert len(runs) == len(DEMO_RECIPES)
+
+
+def test_demo_warns_on_a_busy_cpu_only(monkeypatch):
+    from hf_stable_ft import demo
+
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    note = demo._busy_cpu_note("cpu")
+    assert note is not None and "load 3.0 on 2 cores" in note
+    assert demo._busy_cpu_note("cuda") is None
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert demo._busy_cpu_note("cpu") is None
