@@ -428,10 +428,15 @@ def _verdict(summary: dict) -> list[str]:
 
         top = leaders(scored, "mean", max)
         line = f"Highest mean: {top} ({_fmt(max(s['mean'] for s in scored.values()), scale, digits)})"
-        with_std = {n: s for n, s in scored.items() if _num(s["std"]) is not None}
+        # a recipe whose every run is degenerate has a small std because it learned nothing, not because it is stable
+        with_std = {n: s for n, s in scored.items()
+                    if _num(s["std"]) is not None and s["n_degenerate"] < s["n"]}
         if with_std:
             low = min(s["std"] for s in with_std.values())
             line += f"; lowest std: {leaders(with_std, 'std', min)} ({_fmt(low, scale, digits)})"
+        all_degenerate = [n for n, s in scored.items() if s["n"] and s["n_degenerate"] == s["n"]]
+        if all_degenerate and with_std:
+            line += f" among recipes with a non-degenerate run ({' and '.join(all_degenerate)}: all degenerate)"
         if len({s["degenerate_rate"] for s in scored.values()}) > 1:
             low_rate = min(s["degenerate_rate"] for s in scored.values())
             few = " and ".join(f"{n} ({s['n_degenerate']}/{s['n']})" for n, s in scored.items()

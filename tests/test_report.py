@@ -244,3 +244,12 @@ def test_recipe_colours_never_use_the_degenerate_red():
     colours = _colors(12)
     assert to_rgba("tab:red") not in colours
     assert len(set(colours[:9])) == 9
+
+
+def test_verdict_does_not_call_an_all_degenerate_recipe_the_most_stable(tmp_path):
+    runs = [make_run("devlin2019", s, score=0.0, degenerate=True, diagnostics=False) for s in range(3)]
+    runs += [make_run("debiased", s, score=0.3 + 0.05 * s, diagnostics=False) for s in range(3)]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    verdict = md[md.index("## Verdict"): md.index("## Results")]
+    assert "lowest std: debiased" in verdict and "(devlin2019: all degenerate)" in verdict
