@@ -21,11 +21,10 @@ import argparse
 import math
 import statistics
 import tempfile
-import time
 
 import torch
-from common import embedded_model_path, machine_description, write_result
-from transformers import AutoModelForSequenceClassification, TrainerCallback
+from common import StepTimer, SyntheticBatches, embedded_model_path, machine_description, write_result
+from transformers import AutoModelForSequenceClassification
 from transformers import logging as hf_logging
 
 from hf_stable_ft import StableAdamW, StableTrainer, StableTrainingArguments, get_fine_tuning_state
@@ -33,37 +32,6 @@ from hf_stable_ft.mixout import MixoutLinear
 
 FEATURES = dict(adam_bias_correction=False, reinit_pooler=True, reinit_layers=1, layerwise_lr_decay=0.9,
                 pretrained_weight_decay=0.01, weight_decay=0.01, mixout_prob=0.1, diagnostics_steps=10)
-
-
-class LearnableBatches(torch.utils.data.Dataset):
-    """Random full-length sequences labelled by the parity of their first token."""
-
-    def __init__(self, size: int, length: int, vocab: int = 30522, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1000, vocab, (size, length), generator=generator)
-        self.labels = self.ids[:, 0] % 2
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self, skip: int):
-        self.skip, self.times, self._start = skip, [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if state.global_step > self.skip:
-            self.times.append(time.perf_counter() - self._start)
 
 
 def invariants(trainer, loaded: dict[str, torch.Tensor]) -> dict[str, bool]:
@@ -91,13 +59,13 @@ def invariants(trainer, loaded: dict[str, torch.Tensor]) -> dict[str, bool]:
 def run(precision: str, device: str, batch: int, length: int, steps: int, skip: int, model_path: str):
     with tempfile.TemporaryDirectory() as out:
         args = StableTrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch, max_steps=steps, logging_steps=5, learning_rate=5e-5,
+            output_dir=out, per_device_train_batch_size=batch, max_steps=steps, logging_steps=max(1, min(5, steps)), learning_rate=5e-5,
             warmup_steps=0.1, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
             seed=0, dataloader_num_workers=0, bf16=precision == "bf16", fp16=precision == "fp16", **FEATURES)
         model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, dtype=torch.float32)
         loaded = {n: p.detach().clone() for n, p in model.named_parameters()}
         timer = StepTimer(skip)
-        trainer = StableTrainer(model=model, args=args, train_dataset=LearnableBatches(batch * steps, length),
+        trainer = StableTrainer(model=model, args=args, train_dataset=SyntheticBatches(batch * steps, length, learnable=True),
                                 callbacks=[timer])
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()

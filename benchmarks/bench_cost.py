@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
-from common import SyntheticBatches, embedded_model_path, machine_description, write_result
-from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from common import StepTimer, SyntheticBatches, embedded_model_path, machine_description, write_result
+from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 from transformers import logging as hf_logging
 
 from hf_stable_ft import StableTrainer, StableTrainingArguments, get_fine_tuning_state
@@ -42,22 +41,6 @@ FEATURES = {
     "all of the above": {"adam_bias_correction": False, "layerwise_lr_decay": 0.9, "pretrained_weight_decay": 0.01,
                          "reinit_pooler": True, "reinit_layers": 2, "mixout_prob": 0.1, "diagnostics_steps": 10},
 }
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self, skip: int):
-        self.skip, self.times, self._start = skip, [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if state.global_step > self.skip:
-            self.times.append(time.perf_counter() - self._start)
 
 
 def extra_bytes(model) -> int:

@@ -10,15 +10,35 @@ from collections.abc import Callable
 from datetime import date
 
 import torch
+from transformers import TrainerCallback
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each training step after the first ``skip`` (CUDA synchronised at both ends)."""
+
+    def __init__(self, skip: int):
+        self.skip, self.times, self._start = skip, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step > self.skip:
+            self.times.append(time.perf_counter() - self._start)
 
 
 class SyntheticBatches(torch.utils.data.Dataset):
-    """Random full-length token sequences with random binary labels (timing only: content does not matter)."""
+    """Random full-length token sequences with random binary labels (timing only: content does not matter), or,
+    with ``learnable=True``, labelled by the parity of the first token (so the loss can fall)."""
 
-    def __init__(self, size: int, length: int, vocab: int = 30522, seed: int = 0):
+    def __init__(self, size: int, length: int, vocab: int = 30522, seed: int = 0, learnable: bool = False):
         generator = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(1000, vocab, (size, length), generator=generator)
-        self.labels = torch.randint(0, 2, (size,), generator=generator)
+        self.labels = self.ids[:, 0] % 2 if learnable else torch.randint(0, 2, (size,), generator=generator)
 
     def __len__(self):
         return len(self.labels)
