@@ -563,7 +563,7 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
     output layer built from ``label_map`` rows, or new). Both stages' records are kept:
     ``output/intermediate.json`` and ``output/target/runs.jsonl``; the summary goes to ``output/transfer.json``.
     Re-running reuses a completed stage 1. ``evaluations_per_run`` sets how often each stage evaluates (and may
-    keep a new best checkpoint); on a CPU each evaluation of a large validation split costs minutes.
+    keep a new best checkpoint); each is a full pass over the validation split, so fewer shorten CPU runs.
     """
     output = Path(output)
     _make_output_dir(output)
