@@ -71,7 +71,7 @@ def stability_table(cell_dir: Path) -> str:
         lines.append(
             f"| {recipe} | {s['n']} | {_pct(s['mean'])} ± {_pct(s['std'])} | {_pct(s['max'])} | "
             f"{s['n_degenerate']}/{s['n']} | {' / '.join(_pct(m) for m in means)} | "
-            f"{'–' if p is None else f'{p:.3f}'} |"
+            f"{'–' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'} |"
         )
     return "\n".join(lines)
 
