@@ -23,7 +23,7 @@ import statistics
 import tempfile
 
 import torch
-from common import StepTimer, SyntheticBatches, embedded_model_path, machine_description, write_result
+from common import StepTimer, SyntheticBatches, add_training_run_options, embedded_model_path, machine_description, write_result
 from transformers import AutoModelForSequenceClassification
 from transformers import logging as hf_logging
 
@@ -77,14 +77,7 @@ def run(precision: str, device: str, batch: int, length: int, steps: int, skip: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model-path", default=None)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=40, help="updates per run (the first --skip are not timed)")
-    parser.add_argument("--skip", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--output", default=None)
+    add_training_run_options(parser, steps=40, skip=5, rounds=2)
     options = parser.parse_args()
     hf_logging.set_verbosity_error()
     model_path = options.model_path or embedded_model_path()

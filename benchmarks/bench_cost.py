@@ -23,7 +23,7 @@ import statistics
 import tempfile
 
 import torch
-from common import StepTimer, SyntheticBatches, embedded_model_path, machine_description, write_result
+from common import StepTimer, SyntheticBatches, add_training_run_options, embedded_model_path, machine_description, write_result
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 from transformers import logging as hf_logging
 
@@ -132,17 +132,10 @@ def scale_table(options, model_path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model-path", default=None)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=14, help="steps per round (the first --skip are warm-up)")
-    parser.add_argument("--skip", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_training_run_options(parser, steps=14, skip=4, rounds=3)
     parser.add_argument("--scale", action="store_true", help="table 3 instead of table 1")
     parser.add_argument("--scale-batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--scale-lengths", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--output", default=None)
     options = parser.parse_args()
     hf_logging.set_verbosity_error()
     model_path = options.model_path or embedded_model_path()

@@ -13,6 +13,18 @@ import torch
 from transformers import TrainerCallback
 
 
+def add_training_run_options(parser, *, steps: int, skip: int, rounds: int) -> None:
+    """The options shared by the benchmarks that time whole ``Trainer.train()`` runs on the embedded model."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model-path", default=None)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=steps, help="updates per run (the first --skip are not timed)")
+    parser.add_argument("--skip", type=int, default=skip)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--output", default=None)
+
+
 class StepTimer(TrainerCallback):
     """Wall time of each training step after the first ``skip`` (CUDA synchronised at both ends)."""
 
