@@ -29,10 +29,11 @@ setup(
         "report": ["matplotlib"],
         "peft": ["peft>=0.13"],
         "notebooks": ["nbclient", "nbformat", "ipykernel"],
+        "hpsearch": ["optuna", "ray[tune]"],
         "test": ["pytest", "pytest-timeout", "datasets>=3.0", "matplotlib", "peft>=0.13",
-                 "nbclient", "nbformat", "ipykernel"],
+                 "nbclient", "nbformat", "ipykernel", "optuna", "ray[tune]"],
         "dev": ["pytest", "pytest-timeout", "datasets>=3.0", "matplotlib", "peft>=0.13",
-                "nbclient", "nbformat", "ipykernel", "ruff"],
+                "nbclient", "nbformat", "ipykernel", "optuna", "ray[tune]", "ruff"],
     },
     entry_points={"console_scripts": ["hf-stable-ft=hf_stable_ft.cli:main"]},
 )

@@ -2,17 +2,19 @@
 
 The fields are validated at construction; :class:`~hf_stable_ft.StableFineTuningCallback` and
 :func:`~hf_stable_ft.stable_optimizer` read them. Named recipes (``stability_recipe``) fill in the papers'
-settings; any field the user passes explicitly wins over the recipe.
+settings; any field the user gives explicitly — keyword argument, command-line flag (also one equal to the
+default), JSON/YAML key, hyper-parameter-search value — wins over the recipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
 
-__all__ = ["StableTrainingArguments", "STABILITY_RECIPES", "zhang2021_reinit_layers"]
+__all__ = ["StableTrainingArguments", "STABILITY_RECIPES", "RECIPE_FIELDS", "zhang2021_reinit_layers"]
 
 
 def zhang2021_reinit_layers(num_layers: int) -> int:
@@ -40,17 +42,20 @@ STABILITY_RECIPES: dict[str, dict[str, Any]] = {
     },
     "mosbach2021": {
         "source": "Mosbach et al. 2021 §6 'simple baseline': bias-corrected AdamW, lr 2e-5, 10% warmup, "
-        "20 epochs, weight decay 0.01.",
+        "20 epochs, weight decay 0.01, Adam eps 1e-6 (the eps of every config in uds-lsv/bert-stable-fine-tuning, "
+        "the bias-corrected 20-epoch baseline included).",
         "adam_bias_correction": True,
         "num_train_epochs": 20,
         "learning_rate": 2e-5,
         "warmup_steps": 0.1,
         "weight_decay": 0.01,
+        "adam_epsilon": 1e-6,
     },
     "zhang2021": {
         "source": "Zhang et al. 2021 §3–5: debiased Adam, pooler + top-L re-init (L scaled to depth, see "
         "zhang2021_reinit_layers), longer training (>= 1000 updates, within their 200–3200 grid and never "
-        "fewer than 3 epochs), lr 2e-5, 10% warmup, weight decay 0.01.",
+        "fewer than 3 epochs), lr 2e-5, 10% warmup, weight decay 0 and Adam eps 1e-8 (asappresearch/"
+        "revisit-bert-finetuning sample_commands: --weight_decay 0, the default --adam_epsilon 1e-8).",
         "adam_bias_correction": True,
         "reinit_pooler": True,
         "reinit_layers": "auto",
@@ -58,15 +63,68 @@ STABILITY_RECIPES: dict[str, dict[str, Any]] = {
         "min_train_steps": 1000,
         "learning_rate": 2e-5,
         "warmup_steps": 0.1,
-        "weight_decay": 0.01,
+        "weight_decay": 0.0,
+        "adam_epsilon": 1e-8,
     },
 }
 
 
-def _field_default(f):
-    if f.default is not MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not MISSING else MISSING
+#: The fields a recipe sets. Their dataclass defaults are :class:`_Unset` markers, so "not given" is told apart
+#: from "given, equal to the default" on every path (``HfArgumentParser`` passes every field, given or not).
+RECIPE_FIELDS: tuple[str, ...] = tuple(
+    sorted({name for recipe in STABILITY_RECIPES.values() for name in recipe if name != "source"})
+)
+
+#: The settings that change what is trained; a checkpoint records them and a resume must match them.
+TECHNIQUE_FIELDS: tuple[str, ...] = (
+    "adam_bias_correction", "reinit_pooler", "reinit_layers", "layerwise_lr_decay", "pretrained_weight_decay",
+    "mixout_prob", "min_train_steps",
+)
+
+#: ``optim`` values whose update :class:`~hf_stable_ft.StableAdamW` reproduces (torch's AdamW).
+ADAMW_OPTIMS = ("adamw_torch", "adamw_torch_fused")
+
+
+class _Unset:
+    """Default of a recipe-controlled field: "not given by the caller", standing for ``value``.
+
+    ``__post_init__`` replaces it with the recipe's value or ``value``; it never survives construction.
+    It prints as ``value`` so ``--help`` shows the real default.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    __str__ = __repr__
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Unset) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(("_Unset", self.value))
+
+
+_BASE_FIELDS = {f.name: f for f in fields(TrainingArguments)}
+
+
+def _recipe_field(name: str, default=None, help: str | None = None):
+    """A recipe-controlled field: the base field's default (or ``default``) behind an :class:`_Unset` marker."""
+    base = _BASE_FIELDS.get(name)
+    value = base.default if base is not None else default
+    metadata = dict(base.metadata) if base is not None else {}
+    if help is not None:
+        metadata["help"] = help
+    metadata["help"] = metadata.get("help", "") + " Set by stability_recipe unless given."
+    return field(default=_Unset(value), metadata=metadata)
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -75,26 +133,31 @@ class StableTrainingArguments(TrainingArguments):
     Mosbach et al. (ICLR 2021).
 
     Defaults that differ from ``TrainingArguments``: none — with no new field set, training is exactly the
-    stock Trainer's AdamW run. Set ``stability_recipe`` for the papers' settings.
+    stock Trainer's AdamW run. Set ``stability_recipe`` for the papers' settings; a field you give (also one
+    equal to its default) wins over the recipe, and ``stability_sources`` / :meth:`resolved_settings` say where
+    each value came from.
     """
 
-    adam_bias_correction: bool = field(
-        default=True,
-        metadata={
-            "help": "Bias-correct Adam's moment estimates. False gives BERTAdam (Devlin et al. 2019), whose "
-            "over-large early updates cause degenerate runs (Zhang et al. 2021 sec. 3; Mosbach et al. 2021)."
-        },
+    # The TrainingArguments fields that recipes set, re-declared behind _Unset markers (same types and help).
+    num_train_epochs: float = _recipe_field("num_train_epochs")
+    learning_rate: float = _recipe_field("learning_rate")
+    warmup_steps: float = _recipe_field("warmup_steps")
+    weight_decay: float = _recipe_field("weight_decay")
+    adam_epsilon: float = _recipe_field("adam_epsilon")
+
+    adam_bias_correction: bool = _recipe_field(
+        "adam_bias_correction", True,
+        "Bias-correct Adam's moment estimates. False gives BERTAdam (Devlin et al. 2019), whose over-large early "
+        "updates cause degenerate runs (Zhang et al. 2021 sec. 3; Mosbach et al. 2021). Default True.",
     )
-    reinit_pooler: bool = field(
-        default=False,
-        metadata={"help": "Re-draw the pooler from N(0, initializer_range^2) before fine-tuning (Zhang et al. 2021 sec. 5)."},
+    reinit_pooler: bool = _recipe_field(
+        "reinit_pooler", False,
+        "Re-draw the pooler from N(0, initializer_range^2) before fine-tuning (Zhang et al. 2021 sec. 5). Default False.",
     )
-    reinit_layers: int = field(
-        default=0,
-        metadata={
-            "help": "Re-draw the top L transformer blocks: weights N(0, initializer_range^2), biases 0, "
-            "LayerNorm 1/0 (Zhang et al. 2021 sec. 5). 0 disables."
-        },
+    reinit_layers: int = _recipe_field(
+        "reinit_layers", 0,
+        "Re-draw the top L transformer blocks: weights N(0, initializer_range^2), biases 0, LayerNorm 1/0 "
+        "(Zhang et al. 2021 sec. 5). 0 disables. After the model is prepared it holds the number re-drawn.",
     )
     layerwise_lr_decay: float = field(
         default=1.0,
@@ -118,12 +181,11 @@ class StableTrainingArguments(TrainingArguments):
             "probability p, replacing dropout (Lee et al. 2020). 0 disables."
         },
     )
-    min_train_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Train for at least this many optimizer updates whatever num_train_epochs says; the "
-            "learning-rate schedule uses the final count (Zhang et al. 2021 sec. 5, 'training longer')."
-        },
+    min_train_steps: int = _recipe_field(
+        "min_train_steps", 0,
+        "Train for at least this many optimizer updates whatever num_train_epochs says; the learning-rate "
+        "schedule uses the final count (Zhang et al. 2021 sec. 5, 'training longer'). An explicit max_steps wins "
+        "over a recipe's floor; both explicit with max_steps < min_train_steps is an error. Default 0.",
     )
     stability_recipe: str | None = field(
         default=None,
@@ -155,68 +217,203 @@ class StableTrainingArguments(TrainingArguments):
         },
     )
 
-    def __new__(cls, *args, **kwargs):
-        instance = super().__new__(cls)
-        # Which fields the caller set, so a recipe never overrides them (the dataclass __init__ cannot tell a
-        # default from an explicit value equal to it).
-        explicit = frozenset(kwargs) | {f.name for f, _ in zip(fields(cls), args)}
-        init_fields = [f for f in fields(cls) if f.init]
-        if len(explicit) == len(init_fields):
-            # HfArgumentParser.parse_args_into_dataclasses passes every field: only values that differ from the
-            # defaults can have been chosen, so a recipe still fills in the rest.
-            values = dict(zip((f.name for f in fields(cls)), args), **kwargs)
-            explicit = frozenset(f.name for f in init_fields if values.get(f.name, MISSING) != _field_default(f))
-        instance._explicit_fields = explicit
-        return instance
-
     def __post_init__(self):
         self._apply_recipe()
         self._validate_stability_fields()
         super().__post_init__()
 
     def _apply_recipe(self) -> None:
-        self.auto_reinit_layers = False
-        if self.stability_recipe is None:
-            return
-        if self.stability_recipe not in STABILITY_RECIPES:
+        """Resolve every recipe-controlled field: the caller's value, else the recipe's, else the default.
+
+        ``stability_sources`` records where each value came from (``"explicit"``, ``"recipe <name>"``,
+        ``"default"``); ``auto_reinit_layers`` marks the recipe's depth-dependent re-init count.
+        """
+        if self.stability_recipe is not None and self.stability_recipe not in STABILITY_RECIPES:
             raise ValueError(
                 f"stability_recipe={self.stability_recipe!r} is unknown; known recipes: {', '.join(STABILITY_RECIPES)}"
             )
-        explicit = getattr(self, "_explicit_fields", frozenset())
-        for name, value in STABILITY_RECIPES[self.stability_recipe].items():
-            if name == "source" or name in explicit:
+        recipe = STABILITY_RECIPES.get(self.stability_recipe, {})
+        self.auto_reinit_layers = False
+        sources: dict[str, str] = {}
+        for name in RECIPE_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, _Unset):
+                sources[name] = "explicit"
                 continue
-            if name == "reinit_layers" and value == "auto":
-                self.auto_reinit_layers = True
-                continue
+            if name in recipe:
+                sources[name] = f"recipe {self.stability_recipe}"
+                value = recipe[name]
+                if name == "reinit_layers" and value == "auto":
+                    self.auto_reinit_layers = True
+                    value = 0  # the number is resolved from the model's depth when it is prepared
+            else:
+                sources[name] = "default"
+                value = value.value
             setattr(self, name, value)
+        self.stability_sources = sources
 
     def _validate_stability_fields(self) -> None:
         def require(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
 
-        require(isinstance(self.reinit_layers, int) and self.reinit_layers >= 0, "reinit_layers", "an integer >= 0")
-        require(0 < self.layerwise_lr_decay <= 1, "layerwise_lr_decay", "a float in (0, 1]")
-        require(self.pretrained_weight_decay >= 0, "pretrained_weight_decay", "a float >= 0")
-        require(0 <= self.mixout_prob < 1, "mixout_prob", "a float in [0, 1)")
-        require(isinstance(self.min_train_steps, int) and self.min_train_steps >= 0, "min_train_steps", "an integer >= 0")
-        require(isinstance(self.diagnostics_steps, int) and self.diagnostics_steps >= 0, "diagnostics_steps", "an integer >= 0")
-        require(0 <= self.degenerate_check_fraction < 1, "degenerate_check_fraction", "a float in [0, 1)")
+        def integer(name: str) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for name in ("adam_bias_correction", "reinit_pooler", "abort_degenerate_runs"):
+            require(isinstance(getattr(self, name), bool), name, "True or False")
+        require(integer("reinit_layers") and self.reinit_layers >= 0, "reinit_layers", "an integer >= 0")
+        require(_is_finite_number(self.layerwise_lr_decay) and 0 < self.layerwise_lr_decay <= 1,
+                "layerwise_lr_decay", "a float in (0, 1]")
+        require(_is_finite_number(self.pretrained_weight_decay) and self.pretrained_weight_decay >= 0,
+                "pretrained_weight_decay", "a finite float >= 0")
+        require(_is_finite_number(self.mixout_prob) and 0 <= self.mixout_prob < 1, "mixout_prob", "a float in [0, 1)")
+        require(integer("min_train_steps") and self.min_train_steps >= 0, "min_train_steps", "an integer >= 0")
+        require(integer("diagnostics_steps") and self.diagnostics_steps >= 0, "diagnostics_steps", "an integer >= 0")
+        require(_is_finite_number(self.degenerate_check_fraction) and 0 <= self.degenerate_check_fraction < 1,
+                "degenerate_check_fraction", "a float in [0, 1)")
+        # TrainingArguments leaves these to fail (or train to NaN) deep inside the optimizer.
+        require(_is_finite_number(self.learning_rate) and self.learning_rate >= 0, "learning_rate", "a finite float >= 0")
+        require(_is_finite_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite float >= 0")
+        require(_is_finite_number(self.adam_beta1) and 0 <= self.adam_beta1 < 1, "adam_beta1", "a float in [0, 1)")
+        require(_is_finite_number(self.adam_beta2) and 0 <= self.adam_beta2 < 1, "adam_beta2", "a float in [0, 1)")
+        require(_is_finite_number(self.adam_epsilon) and self.adam_epsilon > 0, "adam_epsilon", "a finite float > 0")
+        require(_is_finite_number(self.num_train_epochs) and self.num_train_epochs >= 0, "num_train_epochs",
+                "a finite float >= 0")
+        require(_is_finite_number(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
+                "a float in [0, 1) (a ratio) or a number of steps >= 1")
+        explicit_floor = self.stability_sources["min_train_steps"] == "explicit"
+        if explicit_floor and 0 < self.max_steps < self.min_train_steps:
+            raise ValueError(
+                f"max_steps={self.max_steps} and min_train_steps={self.min_train_steps} were both given and "
+                "contradict each other (max_steps < min_train_steps); drop one of them"
+            )
+        optim = getattr(self.optim, "value", self.optim)
+        if self.uses_stable_optimizer and optim not in ADAMW_OPTIMS:
+            needs = ", ".join(self._stable_optimizer_settings())
+            raise ValueError(
+                f"optim={optim!r} names another optimizer, but {needs} need StableAdamW (an AdamW); set "
+                f"optim to one of {', '.join(ADAMW_OPTIMS)} or drop those settings"
+            )
+
+    def _stable_optimizer_settings(self) -> list[str]:
+        settings = []
+        if not self.adam_bias_correction:
+            settings.append("adam_bias_correction=False")
+        if self.layerwise_lr_decay < 1:
+            settings.append(f"layerwise_lr_decay={self.layerwise_lr_decay}")
+        if self.pretrained_weight_decay > 0:
+            settings.append(f"pretrained_weight_decay={self.pretrained_weight_decay}")
+        return settings
+
+    # -- what the Trainer calls
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """Warmup updates for ``num_training_steps``.
+
+        Under a ``stability_recipe`` a ratio is truncated, ``int(ratio · steps)``, as both papers' code does
+        (``int(args.warmup_ratio * t_total)`` in asappresearch/revisit-bert-finetuning and
+        uds-lsv/bert-stable-fine-tuning): 18 of 189 updates, where transformers rounds up to 19. Without a recipe
+        the stock Trainer's rounding is kept. The Trainer calls this when it builds the schedule, before the
+        first update, which is also where a missing :class:`~hf_stable_ft.StableFineTuningCallback` is caught.
+        """
+        self._check_callback_attached()
+        if self.stability_recipe is not None and 0 < self.warmup_steps < 1:
+            return int(num_training_steps * self.warmup_steps)
+        return super().get_warmup_steps(num_training_steps)
+
+    def _check_callback_attached(self) -> None:
+        needs = self.settings_needing_callback()
+        if needs and not getattr(self, "_attached_callback", False):
+            raise RuntimeError(
+                f"{', '.join(needs)} are applied by StableFineTuningCallback, but no Trainer built with these "
+                "arguments has it: pass callbacks=[StableFineTuningCallback()] and "
+                "optimizer_cls_and_kwargs=stable_optimizer(args) to Trainer(...), or use StableTrainer."
+            )
+
+    # -- derived facts
+
+    def settings_needing_callback(self) -> list[str]:
+        """The settings the stock Trainer ignores unless :class:`~hf_stable_ft.StableFineTuningCallback` runs."""
+        needs = self._stable_optimizer_settings()
+        for name in ("reinit_pooler", "abort_degenerate_runs"):
+            if getattr(self, name):
+                needs.append(f"{name}=True")
+        for name in ("reinit_layers", "mixout_prob", "min_train_steps", "diagnostics_steps", "degenerate_check_fraction"):
+            if getattr(self, name):
+                needs.append(f"{name}={getattr(self, name)}")
+        if self.auto_reinit_layers:
+            needs.append("reinit_layers=auto (recipe)")
+        return needs
 
     def resolve_reinit_layers(self, num_layers: int) -> int:
         """The number of top blocks to re-initialise for an encoder of ``num_layers`` blocks."""
         return zhang2021_reinit_layers(num_layers) if self.auto_reinit_layers else self.reinit_layers
 
+    def technique_settings(self) -> dict[str, Any]:
+        """The resolved values of the settings that change what is trained (:data:`TECHNIQUE_FIELDS`)."""
+        return {name: getattr(self, name) for name in TECHNIQUE_FIELDS}
+
+    def resolved_settings(self) -> dict[str, dict[str, Any]]:
+        """Every stabilisation setting and recipe-controlled field: ``{name: {"value": v, "source": s}}``, the
+        source being ``"explicit"``, ``"recipe <name>"`` or ``"default"`` (fields outside the recipes:
+        ``"explicit"`` when they differ from the default)."""
+        names = list(RECIPE_FIELDS) + [
+            f.name for f in fields(StableTrainingArguments)
+            if f.name not in _BASE_FIELDS and f.name not in RECIPE_FIELDS
+        ]
+        resolved = {}
+        for name in names:
+            source = self.stability_sources.get(name)
+            if source is None:
+                default = next(f.default for f in fields(StableTrainingArguments) if f.name == name)
+                source = "default" if getattr(self, name) == default else "explicit"
+            resolved[name] = {"value": getattr(self, name), "source": source}
+        if self.auto_reinit_layers:
+            resolved["reinit_layers"]["source"] += " (auto from depth)"
+        return resolved
+
+    def with_overrides(self, **overrides) -> "StableTrainingArguments":
+        """A new, validated copy with ``overrides`` applied as explicit values.
+
+        Fields the caller never gave (recipe-filled or default) are left unset, so a ``stability_recipe`` in
+        ``overrides`` fills them anew; everything else is copied. Used for hyper-parameter-search trials.
+        """
+        unknown = sorted(set(overrides) - {f.name for f in fields(self) if f.init})
+        if unknown:
+            raise ValueError(f"unknown StableTrainingArguments fields: {unknown}")
+        init = {}
+        for f in fields(self):
+            if not f.init or f.name in overrides:
+                continue
+            if f.name in RECIPE_FIELDS and self.stability_sources.get(f.name) != "explicit":
+                continue
+            init[f.name] = getattr(self, f.name)
+        init.update(overrides)
+        copy = type(self)(**init)
+        if getattr(self, "_attached_callback", False):  # the same Trainer's callback applies the copy
+            copy._attached_callback = True
+        return copy
+
+    def assign_from(self, other: "StableTrainingArguments") -> None:
+        """Take every field of ``other`` (and where its values came from) in place: the Trainer's training loop
+        holds on to this object, so a trial's values must land in it."""
+        for f in fields(self):
+            if f.init:
+                setattr(self, f.name, getattr(other, f.name))
+        self.stability_sources = dict(other.stability_sources)
+        self.auto_reinit_layers = other.auto_reinit_layers
+
     @property
     def uses_stable_optimizer(self) -> bool:
         """Whether a setting needs :func:`~hf_stable_ft.stable_optimizer` (the stock optimizer ignores it)."""
-        return (not self.adam_bias_correction) or self.layerwise_lr_decay < 1 or self.pretrained_weight_decay > 0
+        return bool(self._stable_optimizer_settings())
 
     @property
     def modifies_model(self) -> bool:
         """Whether a setting needs :class:`~hf_stable_ft.StableFineTuningCallback` at Trainer init."""
-        return (
+        return bool(
             self.reinit_pooler
             or self.reinit_layers > 0
             or self.auto_reinit_layers

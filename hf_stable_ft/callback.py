@@ -12,16 +12,19 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .architectures import transformer_blocks, unwrap_model
-from .args import StableTrainingArguments
+from .architectures import ENCODER_LAYOUTS, transformer_blocks, unwrap_model
+from .args import TECHNIQUE_FIELDS, StableTrainingArguments
 from .optim import StableAdamW
 from .param_groups import build_param_groups, snapshot_parameters
 from .reinit import reinit_top_layers
@@ -35,7 +38,12 @@ __all__ = [
     "StableFineTuningCallback",
     "StableOptimizerFactory",
     "stable_optimizer",
+    "SETTINGS_KEY",
+    "checkpoint_settings_mismatch",
 ]
+
+#: Key of ``trainer_state.json``'s ``stateful_callbacks`` under which the resolved settings are stored.
+SETTINGS_KEY = "hf_stable_ft"
 
 
 @dataclass
@@ -48,12 +56,15 @@ class FineTuningState:
         initial_parameters: name → copy of each trainable parameter at the start of fine-tuning (after
             re-init), kept when pretrained weight decay or diagnostics need it.
         mixout_layers: names of the Linear modules Mixout mixes.
+        prepared_with: the settings the model was prepared with (see :func:`preparation_settings`); a second
+            preparation that asks for other ones is refused.
     """
 
     reinit_layers: int = 0
     reinitialized: list[str] = field(default_factory=list)
     initial_parameters: dict[str, torch.Tensor] | None = None
     mixout_layers: list[str] = field(default_factory=list)
+    prepared_with: dict = field(default_factory=dict)
 
     #: name prefix of the pretrained encoder (``model.base_model_prefix``, e.g. ``"bert."``); parameters outside
     #: it (the task head) are new, not pretrained.
@@ -81,28 +92,67 @@ def get_fine_tuning_state(model: nn.Module) -> FineTuningState | None:
     return _STATES.get(model) or _STATES.get(unwrap_model(model))
 
 
+def preparation_settings(model: nn.Module, args: StableTrainingArguments) -> dict:
+    """What :func:`prepare_model` does to ``model`` for ``args``: re-init (pooler, resolved block count and its
+    seed), Mixout's p and whether the starting weights are kept (pretrained WD anchors, diagnostics)."""
+    task_model = unwrap_model(model)
+    needs_layers = args.reinit_layers > 0 or args.auto_reinit_layers
+    layers = 0
+    if needs_layers:
+        layers = args.resolve_reinit_layers(len(transformer_blocks(task_model, purpose="top-layer re-initialisation")))
+    settings = {"reinit_pooler": bool(args.reinit_pooler), "reinit_layers": layers, "mixout_prob": args.mixout_prob,
+                "keeps_starting_weights": args.pretrained_weight_decay > 0 or args.diagnostics_steps > 0}
+    if settings["reinit_pooler"] or layers:
+        settings["reinit_seed"] = args.seed
+    return settings
+
+
+def _same_preparation(done: dict, wanted: dict) -> list[str]:
+    """The settings in which ``wanted`` differs from ``done`` (kept starting weights serve a run not needing them)."""
+    differ = []
+    for name in sorted(set(done) | set(wanted)):
+        if name == "keeps_starting_weights":
+            if wanted[name] and not done[name]:
+                differ.append("keeps_starting_weights (pretrained_weight_decay / diagnostics_steps need a snapshot "
+                              "taken before training)")
+        elif done.get(name) != wanted.get(name):
+            differ.append(f"{name}: prepared with {done.get(name)!r}, now asked {wanted.get(name)!r}")
+    return differ
+
+
 def prepare_model(model: nn.Module, args: StableTrainingArguments) -> FineTuningState:
     """Apply the model-changing techniques of ``args`` to ``model`` in place, once.
 
     Order: re-init (Zhang et al. 2021 §5, seeded with ``args.seed`` through a private generator so the
     global RNG — data order, dropout — is untouched) → snapshot of the starting weights (pretrained-WD
     anchors, diagnostics reference) → Mixout (Lee et al. 2020), whose targets are those starting weights.
-    Calling it again on the same model returns the recorded state without changing anything.
+    Calling it again with the same settings returns the recorded state without changing anything; with other
+    settings (a model prepared by one Trainer handed to a second) it raises ``ValueError`` naming the
+    differences, because re-drawing or mixing again would not give what the new settings describe.
+    With ``stability_recipe="zhang2021"`` the depth-dependent block count is written back to
+    ``args.reinit_layers``, so the logged and saved arguments show the number re-drawn.
     """
+    wanted = preparation_settings(model, args)
     existing = get_fine_tuning_state(model)
     if existing is not None:
+        differ = _same_preparation(existing.prepared_with, wanted)
+        if differ:
+            raise ValueError(
+                "this model was already prepared by hf_stable_ft with other settings (" + "; ".join(differ) + "). "
+                "Load a fresh copy (from_pretrained) for each Trainer, or pass model_init to the Trainer."
+            )
+        _record_resolved_reinit(args, existing.reinit_layers)
         return existing
     task_model = unwrap_model(model)
     prefix = getattr(task_model, "base_model_prefix", "")
-    state = FineTuningState(encoder_prefix=f"{prefix}." if prefix and hasattr(task_model, prefix) else "")
-    needs_layers = args.reinit_layers > 0 or args.auto_reinit_layers
-    if needs_layers or args.reinit_pooler:
-        depth = len(transformer_blocks(task_model, purpose="top-layer re-initialisation")) if needs_layers else 0
-        state.reinit_layers = args.resolve_reinit_layers(depth) if needs_layers else 0
+    state = FineTuningState(encoder_prefix=f"{prefix}." if prefix and hasattr(task_model, prefix) else "",
+                            prepared_with=wanted)
+    if wanted["reinit_layers"] or args.reinit_pooler:
+        state.reinit_layers = wanted["reinit_layers"]
         state.reinitialized = reinit_top_layers(
             task_model, state.reinit_layers, reinit_pooler=args.reinit_pooler, seed=args.seed
         )
-    if args.pretrained_weight_decay > 0 or args.diagnostics_steps > 0:
+    if wanted["keeps_starting_weights"]:
         state.initial_parameters = snapshot_parameters(task_model)
     if args.mixout_prob > 0:
         from .mixout import apply_mixout
@@ -111,7 +161,13 @@ def prepare_model(model: nn.Module, args: StableTrainingArguments) -> FineTuning
     _STATES[task_model] = state
     if model is not task_model:
         _STATES[model] = state
+    _record_resolved_reinit(args, state.reinit_layers)
     return state
+
+
+def _record_resolved_reinit(args: StableTrainingArguments, layers: int) -> None:
+    if args.auto_reinit_layers:
+        args.reinit_layers = layers
 
 
 def _require_state(model: nn.Module, args: StableTrainingArguments, where: str) -> FineTuningState | None:
@@ -207,6 +263,10 @@ class StableFineTuningCallback(TrainerCallback):
         stable_args = self._stable_args(args)
         if stable_args is None or model is None:
             return
+        stable_args._attached_callback = True
+        # The Trainer decided in __init__ (before this event) whether the loss is already scaled for gradient
+        # accumulation: from model.accepts_loss_kwargs, else from forward(**kwargs). Keep what it saw.
+        self._loss_kwargs_inferred = _loss_kwargs_inferred(unwrap_model(model))
         self.state = prepare_model(model, stable_args)
         self._children = _diagnostic_callbacks(stable_args, self.state)
         return self._forward("on_init_end", args, state, control, model=model, **kwargs)
@@ -232,19 +292,30 @@ class StableFineTuningCallback(TrainerCallback):
             )
         task_model = unwrap_model(model) if model is not None else None
         multi = stable_args.gradient_accumulation_steps > 1 or stable_args.world_size > 1
-        if multi and task_model is not None and not hasattr(task_model, "accepts_loss_kwargs"):
-            logger.warning(
-                "transformers 5 passes num_items_in_batch to %s, whose loss ignores it: with gradient accumulation or "
-                "several processes the stock Trainer then scales the loss wrongly. Set "
-                "trainer.model_accepts_loss_kwargs = False after building the Trainer, or use StableTrainer.",
-                type(task_model).__name__,
+        if multi and getattr(self, "_loss_kwargs_inferred", False):
+            raise RuntimeError(
+                f"gradient_accumulation_steps={stable_args.gradient_accumulation_steps}, world_size="
+                f"{stable_args.world_size}: the stock Trainer passes num_items_in_batch to "
+                f"{type(task_model).__name__}, whose loss is a per-batch mean that ignores it, so it would skip the "
+                "1/gradient_accumulation_steps scaling (and multiply by the number of processes) and train on a "
+                "mis-scaled loss. Set model.accepts_loss_kwargs = False before building the Trainer, or use StableTrainer."
             )
-        if stable_args.min_train_steps > state.max_steps:
+        if stable_args.min_train_steps > state.max_steps and stable_args.max_steps <= 0:
             raise RuntimeError(
                 f"min_train_steps={stable_args.min_train_steps} but the stock Trainer fixed this run at "
                 f"{state.max_steps} updates before any callback runs; set max_steps={stable_args.min_train_steps} "
                 "or use StableTrainer, which applies min_train_steps itself."
             )
+        stored = (state.stateful_callbacks or {}).get(SETTINGS_KEY)
+        if stored is not None and state.global_step > 0:  # resuming: the checkpoint's settings must be these
+            differ = checkpoint_settings_mismatch(stored, stable_args)
+            if differ:
+                raise ValueError(_resume_refusal(differ))
+        record = settings_record(stable_args, self.state, planned_updates=state.max_steps)
+        if state.stateful_callbacks is not None:
+            state.stateful_callbacks[SETTINGS_KEY] = record
+        if state.is_world_process_zero:
+            _log_summary(record)
         return self._forward("on_train_begin", args, state, control, model=model, optimizer=optimizer, **kwargs)
 
     def _forward(self, event: str, args, state, control, **kwargs):
@@ -253,6 +324,99 @@ class StableFineTuningCallback(TrainerCallback):
             if result is not None:
                 control = result
         return control
+
+
+
+def _loss_kwargs_inferred(task_model: nn.Module) -> bool:
+    """Whether the Trainer takes ``task_model``'s loss as normalised by ``num_items_in_batch`` although it is one
+    of the encoder heads whose loss ignores it (no ``accepts_loss_kwargs`` and a ``forward(**kwargs)``)."""
+    if hasattr(task_model, "accepts_loss_kwargs"):
+        return False
+    config = getattr(task_model, "config", None)
+    if getattr(config, "model_type", None) not in ENCODER_LAYOUTS:
+        return False
+    try:
+        parameters = inspect.signature(task_model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def settings_record(args: StableTrainingArguments, state: FineTuningState | None, planned_updates: int | None = None) -> dict:
+    """What a run applies, JSON-ready: the resolved settings with their sources, the technique settings a resume
+    must match, and what preparation did (blocks re-drawn, Mixout layers, optimizer mode, updates)."""
+    resolved = {name: {"value": _jsonable(entry["value"]), "source": entry["source"]}
+                for name, entry in args.resolved_settings().items()}
+    applied = {
+        "optimizer": _optimizer_description(args),
+        "reinitialized_blocks": state.reinit_layers if state is not None else 0,
+        "reinitialized_pooler": bool(args.reinit_pooler),
+        "mixout_layers": len(state.mixout_layers) if state is not None else 0,
+    }
+    if planned_updates is not None:
+        applied["updates"] = int(planned_updates)
+    return {"settings": resolved, "technique": {k: _jsonable(v) for k, v in args.technique_settings().items()},
+            "applied": applied}
+
+
+def _jsonable(value):
+    return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+
+
+def _optimizer_description(args: StableTrainingArguments) -> str:
+    optim = getattr(args.optim, "value", args.optim)
+    if not args.uses_stable_optimizer and optim not in ("adamw_torch", "adamw_torch_fused"):
+        return f"stock optim={optim}"
+    mode = "BERTAdam (no bias correction)" if not args.adam_bias_correction else "bias-corrected AdamW"
+    extras = []
+    if args.layerwise_lr_decay < 1:
+        extras.append(f"LLRD d={args.layerwise_lr_decay}")
+    if args.pretrained_weight_decay > 0:
+        extras.append(f"pretrained WD {args.pretrained_weight_decay}")
+    return f"StableAdamW, {mode}" + (f", {', '.join(extras)}" if extras else "")
+
+
+def _log_summary(record: dict) -> None:
+    settings = record["settings"]
+    applied = record["applied"]
+    chosen = ", ".join(
+        f"{name}={entry['value']} ({entry['source']})" for name, entry in settings.items()
+        if entry["source"] != "default"
+    )
+    parts = [applied["optimizer"]]
+    if applied["reinitialized_pooler"] or applied["reinitialized_blocks"]:
+        parts.append(f"re-initialised {'pooler + ' if applied['reinitialized_pooler'] else ''}top "
+                     f"{applied['reinitialized_blocks']} block(s)")
+    if applied["mixout_layers"]:
+        parts.append(f"Mixout p={settings['mixout_prob']['value']} on {applied['mixout_layers']} Linear layers")
+    if "updates" in applied:
+        parts.append(f"{applied['updates']} updates")
+    logger.info("hf_stable_ft: %s. Settings not at their defaults: %s", "; ".join(parts), chosen or "none")
+
+
+def checkpoint_settings_mismatch(stored: dict, args: StableTrainingArguments) -> list[str]:
+    """The technique settings in which a checkpoint's record (:func:`settings_record`) differs from ``args``."""
+    saved = stored.get("technique", {}) if isinstance(stored, dict) else {}
+    now = args.technique_settings()
+    return [f"{name}: checkpoint {saved[name]!r}, now {now[name]!r}"
+            for name in TECHNIQUE_FIELDS if name in saved and saved[name] != _jsonable(now[name])]
+
+
+def _resume_refusal(differ: list[str]) -> str:
+    return ("cannot resume: the checkpoint was trained with other hf_stable_ft settings (" + "; ".join(differ) + "). "
+            "Resume with the checkpoint's settings, or start a new run in another output_dir.")
+
+
+def read_checkpoint_settings(checkpoint: str) -> dict | None:
+    """The settings record stored in ``checkpoint``'s ``trainer_state.json``, if any."""
+    path = Path(checkpoint) / "trainer_state.json"
+    if not path.is_file():
+        return None
+    try:
+        stateful = json.loads(path.read_text()).get("stateful_callbacks") or {}
+    except (OSError, ValueError):
+        return None
+    return stateful.get(SETTINGS_KEY)
 
 
 def _diagnostic_callbacks(args: StableTrainingArguments, state: FineTuningState) -> list[TrainerCallback]:

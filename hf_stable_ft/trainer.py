@@ -8,9 +8,18 @@ import os
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
-from .args import StableTrainingArguments
+from transformers.trainer_utils import HPSearchBackend, get_last_checkpoint
+
+from .args import ADAMW_OPTIMS, StableTrainingArguments
 from .architectures import ENCODER_LAYOUTS, unwrap_model
-from .callback import StableFineTuningCallback, create_stable_optimizer, prepare_model
+from .callback import (
+    StableFineTuningCallback,
+    _resume_refusal,
+    checkpoint_settings_mismatch,
+    create_stable_optimizer,
+    prepare_model,
+    read_checkpoint_settings,
+)
 from .diagnostics import place_before_reporters
 
 __all__ = ["StableTrainer", "updates_per_epoch"]
@@ -26,8 +35,11 @@ class StableTrainer(Trainer):
 
     Equivalent to ``Trainer(..., callbacks=[StableFineTuningCallback(), ...],
     optimizer_cls_and_kwargs=stable_optimizer(args))`` — training is identical — plus what a callback cannot
-    do: ``min_train_steps`` (the stock Trainer fixes the number of updates before any callback runs) and
-    re-applying the model changes to every model that ``model_init`` creates (hyper-parameter search).
+    do: ``min_train_steps`` (the stock Trainer fixes the number of updates before any callback runs),
+    re-applying the model changes to every model that ``model_init`` creates with each hyper-parameter-search
+    trial's own validated values, refusing a resume whose settings differ from the checkpoint's before any
+    state is loaded, and the right loss scaling with gradient accumulation. With none of the optimizer settings
+    on, a non-AdamW ``optim`` (``sgd``, ``adafactor``, …) is honoured as the stock Trainer would.
     """
 
     def __init__(self, model=None, args: StableTrainingArguments | None = None, *pos, callbacks=None, **kwargs):
@@ -47,6 +59,9 @@ class StableTrainer(Trainer):
         if self.compute_loss_func is None and getattr(config, "model_type", None) in ENCODER_LAYOUTS:
             self.model_accepts_loss_kwargs = False
             task_model.accepts_loss_kwargs = False  # what transformers reads for any later Trainer of this model
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, StableFineTuningCallback):
+                    callback._loss_kwargs_inferred = False
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1 and self.args.parallel_mode != ParallelMode.DISTRIBUTED:
             raise RuntimeError(
@@ -58,26 +73,63 @@ class StableTrainer(Trainer):
         place_before_reporters(self, *(c for c in self.callback_handler.callbacks if isinstance(c, StableFineTuningCallback)))
 
     def call_model_init(self, trial=None):
+        if trial is not None and self.hp_search_backend is not None:
+            # transformers 5 calls call_model_init before _hp_search_setup sets the trial's values on self.args, so
+            # the model would be prepared with the previous trial's. Build this trial's arguments first (validated,
+            # its stability_recipe applied) in place — train() holds this object; _hp_search_setup then sets the same
+            # values again.
+            if getattr(self, "_args_before_search", None) is None:  # trials start from what the user gave, not
+                self._args_before_search = self.args.with_overrides()  # from the previous trial's values
+            self.args.assign_from(self._args_before_search.with_overrides(**self._trial_params(trial)))
         model = super().call_model_init(trial)
         prepare_model(model, self.args)  # before train() loads any checkpoint into it
         return model
 
+    def _trial_params(self, trial) -> dict:
+        """The hyper-parameters of ``trial``, read as ``Trainer._hp_search_setup`` reads them."""
+        if self.hp_search_backend == HPSearchBackend.OPTUNA:
+            params = dict(self.hp_space(trial))
+        else:  # Ray Tune and W&B pass the sampled config itself
+            params = {k: v for k, v in dict(trial).items() if k != "wandb"}
+        known = {name for name in params if hasattr(self.args, name)}
+        return {name: params[name] for name in known}
+
     def create_optimizer(self, model=None):
-        if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None and self._wants_stable_optimizer():
             self.optimizer = create_stable_optimizer(self.model if model is None else model, self.args)
         return super().create_optimizer(model)
 
-    def train(self, *args, **kwargs):
+    def _wants_stable_optimizer(self) -> bool:
+        # StableTrainingArguments refuses an optimizer setting with a non-AdamW optim at construction.
+        return self.args.uses_stable_optimizer or getattr(self.args.optim, "value", self.args.optim) in ADAMW_OPTIMS
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._check_resume_settings(resume_from_checkpoint)
         floor = self.args.min_train_steps
-        planned = self._planned_updates() if floor else None
+        # An explicit max_steps is what the user asked for; StableTrainingArguments refuses one below an explicit
+        # min_train_steps, so here a floor can only come from a recipe, and it gives way.
+        planned = self._planned_updates() if floor and self.args.max_steps <= 0 else None
         if planned is None or planned >= floor:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         original_max_steps = self.args.max_steps
         self.args.max_steps = floor  # the schedule (warmup ratio, linear decay) is computed on the final count
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.args.max_steps = original_max_steps
+
+    def _check_resume_settings(self, resume_from_checkpoint) -> None:
+        """Refuse, before any state is loaded, a resume whose technique settings differ from the checkpoint's."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if not checkpoint or not isinstance(checkpoint, (str, os.PathLike)):
+            return
+        stored = read_checkpoint_settings(os.fspath(checkpoint))
+        if stored is not None:
+            differ = checkpoint_settings_mismatch(stored, self.args)
+            if differ:
+                raise ValueError(_resume_refusal(differ))
 
     def _planned_updates(self) -> int | None:
         if self.args.max_steps > 0:

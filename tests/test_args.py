@@ -23,7 +23,7 @@ def test_defaults_are_the_stock_trainer():
         ("reinit_layers", -1, "an integer >= 0"),
         ("layerwise_lr_decay", 0.0, r"a float in \(0, 1\]"),
         ("layerwise_lr_decay", 1.2, r"a float in \(0, 1\]"),
-        ("pretrained_weight_decay", -0.1, "a float >= 0"),
+        ("pretrained_weight_decay", -0.1, "a finite float >= 0"),
         ("mixout_prob", 1.0, r"a float in \[0, 1\)"),
         ("mixout_prob", -0.1, r"a float in \[0, 1\)"),
         ("min_train_steps", -5, "an integer >= 0"),
