@@ -7,18 +7,14 @@ stock ``transformers.Trainer``.
 """
 
 from .architectures import ENCODER_LAYOUTS, EncoderLayout, get_encoder_layout, parameter_depths, unwrap_model
-from .args import STABILITY_RECIPES, StableTrainingArguments, zhang2021_reinit_layers
-from .callback import (
-    FineTuningState,
-    StableFineTuningCallback,
-    StableOptimizerFactory,
-    get_fine_tuning_state,
-    prepare_model,
-    stable_optimizer,
-)
+from .args import StableTrainingArguments
+from .callback import StableFineTuningCallback
 from .distributed import shutdown_distributed
 from .optim import StableAdamW
+from .optimizer_factory import StableOptimizerFactory, create_stable_optimizer, stable_optimizer
 from .param_groups import build_param_groups, layerwise_lr_groups, snapshot_parameters
+from .preparation import FineTuningState, get_fine_tuning_state, prepare_model
+from .recipes import RECIPES, STABILITY_RECIPES, Recipe, get_recipe, zhang2021_reinit_layers
 from .reinit import reinit_top_layers
 from .trainer import StableTrainer
 from .version import __version__
@@ -27,6 +23,8 @@ __all__ = [
     "ENCODER_LAYOUTS",
     "EncoderLayout",
     "FineTuningState",
+    "RECIPES",
+    "Recipe",
     "STABILITY_RECIPES",
     "StableAdamW",
     "StableFineTuningCallback",
@@ -35,8 +33,10 @@ __all__ = [
     "StableTrainingArguments",
     "__version__",
     "build_param_groups",
+    "create_stable_optimizer",
     "get_encoder_layout",
     "get_fine_tuning_state",
+    "get_recipe",
     "layerwise_lr_groups",
     "parameter_depths",
     "prepare_model",

@@ -14,66 +14,14 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .recipes import RECIPES, STABILITY_RECIPES, get_recipe, zhang2021_reinit_layers
+
 __all__ = ["StableTrainingArguments", "STABILITY_RECIPES", "RECIPE_FIELDS", "zhang2021_reinit_layers"]
-
-
-def zhang2021_reinit_layers(num_layers: int) -> int:
-    """Number of top blocks the ``zhang2021`` recipe re-initialises for an encoder of ``num_layers`` blocks.
-
-    Zhang et al. (2021, §5) tune L ∈ {1, …, 6} on BERT-Large (24 blocks) and find gains mostly for small L,
-    with too many re-drawn blocks hurting. Without a validation search we scale with depth as L ≈ depth/8
-    (3 for 24 blocks, 2 for 12, 1 for 6), never fewer than 1. Tune it on your validation set when you can.
-    """
-    return max(1, round(num_layers / 8))
-
-
-# Each recipe: field -> value. A value of ``"auto"`` for reinit_layers is resolved from the model depth by
-# the callback (see zhang2021_reinit_layers). Sources are in each entry's "source" key (not a field).
-STABILITY_RECIPES: dict[str, dict[str, Any]] = {
-    "devlin2019": {
-        "source": "Devlin et al. 2019 (BERT) as run by Mosbach et al. 2021 §3: BERTAdam (no bias correction), "
-        "3 epochs, lr 2e-5, 10% linear warmup then linear decay, weight decay 0.01, Adam eps 1e-6.",
-        "adam_bias_correction": False,
-        "num_train_epochs": 3,
-        "learning_rate": 2e-5,
-        "warmup_steps": 0.1,
-        "weight_decay": 0.01,
-        "adam_epsilon": 1e-6,
-    },
-    "mosbach2021": {
-        "source": "Mosbach et al. 2021 §6 'simple baseline': bias-corrected AdamW, lr 2e-5, 10% warmup, "
-        "20 epochs, weight decay 0.01, Adam eps 1e-6 (the eps of every config in uds-lsv/bert-stable-fine-tuning, "
-        "the bias-corrected 20-epoch baseline included).",
-        "adam_bias_correction": True,
-        "num_train_epochs": 20,
-        "learning_rate": 2e-5,
-        "warmup_steps": 0.1,
-        "weight_decay": 0.01,
-        "adam_epsilon": 1e-6,
-    },
-    "zhang2021": {
-        "source": "Zhang et al. 2021 §3–5: debiased Adam, pooler + top-L re-init (L scaled to depth, see "
-        "zhang2021_reinit_layers), longer training (>= 1000 updates, within their 200–3200 grid and never "
-        "fewer than 3 epochs), lr 2e-5, 10% warmup, weight decay 0 and Adam eps 1e-8 (asappresearch/"
-        "revisit-bert-finetuning sample_commands: --weight_decay 0, the default --adam_epsilon 1e-8).",
-        "adam_bias_correction": True,
-        "reinit_pooler": True,
-        "reinit_layers": "auto",
-        "num_train_epochs": 3,
-        "min_train_steps": 1000,
-        "learning_rate": 2e-5,
-        "warmup_steps": 0.1,
-        "weight_decay": 0.0,
-        "adam_epsilon": 1e-8,
-    },
-}
 
 
 #: The fields a recipe sets. Their dataclass defaults are :class:`_Unset` markers, so "not given" is told apart
 #: from "given, equal to the default" on every path (``HfArgumentParser`` passes every field, given or not).
-RECIPE_FIELDS: tuple[str, ...] = tuple(
-    sorted({name for recipe in STABILITY_RECIPES.values() for name in recipe if name != "source"})
-)
+RECIPE_FIELDS: tuple[str, ...] = tuple(sorted({name for recipe in RECIPES.values() for name in recipe.fields}))
 
 #: The settings that change what is trained; a checkpoint records them and a resume must match them.
 TECHNIQUE_FIELDS: tuple[str, ...] = (
@@ -191,7 +139,7 @@ class StableTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Named preset of the fields above and the usual hyper-parameters: "
-            + ", ".join(STABILITY_RECIPES)
+            + ", ".join(RECIPES)
             + ". Fields passed explicitly win over the recipe."
         },
     )
@@ -228,11 +176,7 @@ class StableTrainingArguments(TrainingArguments):
         ``stability_sources`` records where each value came from (``"explicit"``, ``"recipe <name>"``,
         ``"default"``); ``auto_reinit_layers`` marks the recipe's depth-dependent re-init count.
         """
-        if self.stability_recipe is not None and self.stability_recipe not in STABILITY_RECIPES:
-            raise ValueError(
-                f"stability_recipe={self.stability_recipe!r} is unknown; known recipes: {', '.join(STABILITY_RECIPES)}"
-            )
-        recipe = STABILITY_RECIPES.get(self.stability_recipe, {})
+        recipe = get_recipe(self.stability_recipe).fields if self.stability_recipe is not None else {}
         self.auto_reinit_layers = False
         sources: dict[str, str] = {}
         for name in RECIPE_FIELDS:

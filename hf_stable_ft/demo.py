@@ -64,12 +64,15 @@ def run_demo(task: str = "cola", seeds: int | None = None, train_size: int | Non
     from .experiment import DEFAULT_MODEL, SweepConfig, run_sweep
     from .report import write_report
 
+    seeds = 3 if seeds is None else seeds
+    train_size = 1000 if train_size is None else train_size
+    for name, value in (("seeds", seeds), ("train_size", train_size), ("evaluations", evaluations)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid; allowed: an integer >= 1")
     hf_logging.set_verbosity_error()
     if not _data_available(task, data_dir) and os.environ.get("HF_HUB_OFFLINE") == "1":
         print(_how_to_get_data(task), file=sys.stderr)
         raise SystemExit(2)
-    seeds = 3 if seeds is None else seeds
-    train_size = 1000 if train_size is None else train_size
     training = {"use_cpu": True} if device == "cpu" else {}
     config = SweepConfig(
         task=task, model=DEFAULT_MODEL, recipes=list(DEMO_RECIPES), seeds=list(range(seeds)), train_size=train_size,

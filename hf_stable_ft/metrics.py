@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .data import get_task_info
+from .stats import constant_prediction_loss  # noqa: F401  (re-exported; it lives with the statistics)
 
 __all__ = [
     "compute_glue_metrics",
@@ -176,27 +177,3 @@ def majority_baseline(task: str, labels: Sequence | np.ndarray, majority_label: 
         raise ValueError(f"majority_label must be a label id of {info.name} (0..{info.num_labels - 1}); got {constant}")
     predictions = np.full_like(references, constant)
     return compute_glue_metrics(task, predictions, references)[info.primary_metric]
-
-
-def constant_prediction_loss(labels: Sequence | np.ndarray, num_labels: int) -> float:
-    """Training loss of the best input-independent predictor — the level a collapsed run sits at.
-
-    Classification (``num_labels >= 2``): the cross-entropy of always predicting the empirical class
-    distribution p, which equals its entropy H(p) = −Σ p_c ln p_c (nats, as ``CrossEntropyLoss``); no
-    constant output does better. Regression (``num_labels == 1``, the Trainer's ``MSELoss``): the mean
-    squared error of always predicting the mean, i.e. the population variance of ``labels``.
-    (A uniform prediction would cost ln(num_labels), which is at least H(p).)
-    """
-    if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
-        raise ValueError(f"num_labels must be a positive integer; got {num_labels!r}")
-    values = np.asarray(labels).reshape(-1)
-    if len(values) == 0:
-        raise ValueError("labels is empty")
-    if num_labels == 1:
-        return float(np.var(values.astype(np.float64)))
-    ids = values.astype(np.int64)
-    if not np.array_equal(ids, values) or ids.min() < 0 or ids.max() >= num_labels:
-        raise ValueError(f"classification labels must be integers in 0..{num_labels - 1}")
-    p = np.bincount(ids, minlength=num_labels) / len(ids)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())

@@ -24,19 +24,24 @@ Which score represents a run
   degenerate by definition, and their score is their *last* evaluated validation score (and that
   evaluation's test score); with no evaluation at all, the majority-class baseline of the split. Mean, std
   and the p-values include them, as the papers' numbers include failed runs.
-* A finished run is degenerate when the runner's ``degenerate`` flag says so; when the flag is missing,
-  when its final validation score is not above the majority baseline (Mosbach et al. 2021).
+* A finished run is degenerate when the runner's ``degenerate`` flag says so; when the flag is missing, by
+  :func:`hf_stable_ft.stats.degenerate_record` — the definition sweeps store: its best validation score is not
+  above the validation majority baseline (Mosbach et al. 2021's threshold on the checkpoint Zhang et al. 2021's
+  protocol keeps).
+* **Alarms** — the degenerate-run alarm (``diagnostics.degenerate_alarm``) and a non-finite training loss
+  (``nonfinite_loss_step``, or "nan"/"inf" in ``train_loss``) — are listed for every run, finished ones too.
+* All records must be of one task (a ValueError names the tasks otherwise).
 * **Failed** runs (status ``failed``: an exception, not a bad seed) and records with an unknown status are
   not counted; they are listed separately with their error.
 * If one ``run_id`` appears on several lines (a resumed sweep), the last line wins and a warning says so.
 
-runs.jsonl record (keys other than ``recipe`` are optional)::
+runs.jsonl record (keys other than ``run_id`` and ``recipe`` are optional)::
 
     {"run_id", "recipe", "seed", "task", "status": "finished" | "aborted" | "failed", "primary_metric",
      "majority_baseline": {"validation", "test"}, "settings": {...},
      "eval_history": [{"step", "epoch", "validation", "test"}, ...],
      "best_validation", "test_at_best_validation", "final_validation", "final_test",
-     "train_loss": [[step, loss], ...],
+     "train_loss": [[step, loss], ...]  (a non-finite loss as "nan" / "inf" / "-inf"), "nonfinite_loss_step",
      "diagnostics": {"grad_norm": {group: [[step, v], ...]}, "l2_from_init": {group: [[step, v], ...]}},
      "degenerate", "abort_reason", "wall_time_s", "device", "error"}
 """
@@ -55,7 +60,7 @@ import numpy as np
 from .stats import (
     bootstrap_expected_test,
     compare_to_baseline,
-    degenerate_run,
+    degenerate_record,
     expected_max_curve,
     summarize,
 )
@@ -83,8 +88,8 @@ DPI = 120
 def load_runs(path, skip_corrupt: bool = False) -> list[dict]:
     """Run records from a ``runs.jsonl`` file (or a sweep directory containing one), in file order.
 
-    A line that is not a JSON object with a ``recipe`` key is corrupt: ValueError naming the file and the
-    line number, unless ``skip_corrupt=True``, in which case such lines are skipped with one warning that
+    A line that is not a JSON object with a ``recipe`` and a ``run_id`` is corrupt: ValueError naming the file
+    and the line number, unless ``skip_corrupt=True``, in which case such lines are skipped with one warning that
     lists their line numbers. Blank lines are ignored.
     """
     path = Path(path)
@@ -107,6 +112,9 @@ def load_runs(path, skip_corrupt: bool = False) -> list[dict]:
                     problem = f"expected a JSON object, got {type(rec).__name__}"
                 elif not isinstance(rec.get("recipe"), str) or not rec["recipe"]:
                     problem = "no 'recipe' name"
+                elif not isinstance(rec.get("run_id"), str) or not rec["run_id"]:
+                    problem = ("no 'run_id'; add \"run_id\": \"<recipe>/seed=<seed>\" or remove the line "
+                               "(--skip-corrupt skips it)")
             if problem is not None:
                 if not skip_corrupt:
                     raise ValueError(f"{path}, line {lineno}: corrupt run record: {problem}")
@@ -191,13 +199,7 @@ def _score_run(rec: dict) -> dict:
         return row
     row["validation"], row["test"] = val, test
     flag = rec.get("degenerate")
-    if isinstance(flag, bool):
-        row["degenerate"] = flag
-    else:
-        final_val = _num(rec.get("final_validation"))
-        base = _baseline(rec, "validation")
-        row["degenerate"] = degenerate_run(final_val if final_val is not None else val,
-                                           base if base is not None else 0.0)
+    row["degenerate"] = flag if isinstance(flag, bool) else bool(degenerate_record(rec))
     row["counted"] = True
     return row
 
@@ -244,6 +246,11 @@ def summarize_runs(records: list[dict], baseline_recipe: str | None = None, *, n
     records = _dedupe(list(records))
     if not records:
         raise ValueError("no run records")
+    tasks = Counter(str(r["task"]) for r in records if r.get("task"))
+    if len({t.casefold() for t in tasks}) > 1:
+        listed = ", ".join(f"{t}: {n} run{'s' if n > 1 else ''}" for t, n in tasks.items())
+        raise ValueError(f"the records hold runs of {len(tasks)} tasks ({listed}); a report compares recipes on one "
+                         "task: give each task's sweep its own directory")
     rows = [_score_run(r) for r in records]
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     counted = [r for r in rows if r["counted"]]
@@ -331,6 +338,7 @@ def summarize_runs(records: list[dict], baseline_recipe: str | None = None, *, n
         "baseline_recipe": baseline_recipe,
         "recipes": per_recipe,
         "not_counted": [{k: r[k] for k in ("run_id", "recipe", "seed", "status", "error")} for r in not_counted],
+        "alarms": [a for a in (_alarm(r) for r in records) if a is not None],
         "settings_that_differ": _differing_settings(settings),
         "n_bootstrap": n_bootstrap,
         "bootstrap_seed": seed,
@@ -338,6 +346,44 @@ def summarize_runs(records: list[dict], baseline_recipe: str | None = None, *, n
         "levene_center": "median",
         "notes": notes,
     })
+
+
+def _nonfinite_loss_step(rec: dict):
+    step = rec.get("nonfinite_loss_step")
+    if step is not None:
+        return step
+    for point in rec.get("train_loss") or []:  # records without the key: a loss kept as "nan" / "inf"
+        if isinstance(point, (list, tuple)) and len(point) >= 2 and isinstance(point[1], str) \
+                and point[1].lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            return point[0]
+    return None
+
+
+def _alarm(rec: dict) -> dict | None:
+    """The run's alarms (degenerate-run alarm, non-finite training loss), whatever its status; None if none."""
+    diagnostics = rec.get("diagnostics")
+    alarm = diagnostics.get("degenerate_alarm") if isinstance(diagnostics, dict) else None
+    alarm = alarm if isinstance(alarm, dict) else None
+    nonfinite = _nonfinite_loss_step(rec)
+    if alarm is None and nonfinite is None:
+        return None
+    return {"run_id": rec["run_id"], "recipe": rec["recipe"], "seed": rec.get("seed"),
+            "status": rec.get("status") or "finished", "degenerate_alarm": alarm, "nonfinite_loss_step": nonfinite}
+
+
+def _alarm_text(entry: dict) -> str:
+    parts = []
+    alarm = entry["degenerate_alarm"]
+    if alarm is not None:
+        text = f"degenerate alarm `{alarm.get('reason', '?')}` at step {alarm.get('step', '?')}"
+        loss, constant = _num(alarm.get("train_loss")), _num(alarm.get("constant_prediction_loss"))
+        if loss is not None and constant is not None:
+            text += f" (training loss {loss:.4g}, constant-prediction loss {constant:.4g})"
+        text += "; training stopped" if alarm.get("aborted") else "; training went on"
+        parts.append(text)
+    if entry["nonfinite_loss_step"] is not None:
+        parts.append(f"non-finite training loss from step {entry['nonfinite_loss_step']}")
+    return "; ".join(parts)
 
 
 def _differing_settings(settings: dict) -> dict:
@@ -522,8 +568,9 @@ def _render_markdown(summary: dict, figures: dict, skipped: dict) -> str:
 
     mb = summary["majority_baseline"]
     L += [f"Majority-class baseline: validation {_fmt(mb['validation'], scale, digits)}, "
-          f"test {_fmt(mb['test'], scale, digits)}. A run is degenerate when its score is not above it "
-          "(Mosbach et al. 2021).", ""]
+          f"test {_fmt(mb['test'], scale, digits)}. A run is degenerate when its best validation score is not above "
+          "the validation baseline (Mosbach et al. 2021's threshold, on the checkpoint Zhang et al. 2021's protocol "
+          "keeps), or when it was aborted.", ""]
 
     if figures or skipped:
         L += ["## Figures", ""]
@@ -550,6 +597,13 @@ def _render_markdown(summary: dict, figures: dict, skipped: dict) -> str:
         for _name, r in aborted:
             L.append(f"| {_md(r['run_id'])} | {_fmt(r[split], scale, digits)} ({_md(r['score_source'])}) | "
                      f"{_md(r['abort_reason'] or '–')} |")
+        L.append("")
+    if summary.get("alarms"):
+        L += ["## Alarms", "", "Every run that raised the degenerate-run alarm or logged a non-finite training loss, "
+              "whatever its status (a finished run keeps its score).", "",
+              "| run | status | alarm |", "|---|---|---|"]
+        for entry in summary["alarms"]:
+            L.append(f"| {_md(entry['run_id'])} | {_md(entry['status'])} | {_md(_alarm_text(entry))} |")
         L.append("")
     if summary["not_counted"]:
         L += ["## Failed runs (not counted)", "", "| run | status | error |", "|---|---|---|"]

@@ -12,7 +12,9 @@ the statistics used by the papers this package reproduces (see ``shared/design/p
   Fig. 4): the expected *test* score of the run that is best on *validation* among ``k`` trials.
 * :func:`levene_test`, :func:`t_test`, :func:`compare_to_baseline` — do two recipes differ in spread
   (Levene / Brown–Forsythe) or in mean (Welch's t-test)?
-* :func:`degenerate_run` — Mosbach et al. (2021): a failed run scores no better than the majority classifier.
+* :func:`degenerate_record` / :func:`degenerate_run` — the package's one definition of a degenerate run: its
+  best validation score (the checkpoint Zhang et al. 2021's protocol keeps) is not above the majority
+  classifier's (Mosbach et al. 2021's failed-run threshold); aborted runs are degenerate.
 
 Scores are taken in the units they are given (fractions or percentages); every function is scale-free
 except that the degenerate threshold must be in the same units as the score.
@@ -42,6 +44,9 @@ __all__ = [
     "t_test",
     "compare_to_baseline",
     "degenerate_run",
+    "degenerate_record",
+    "degenerate_score",
+    "constant_prediction_loss",
 ]
 
 
@@ -434,8 +439,11 @@ def _none_if_nan(x: float) -> float | None:
 
 
 def degenerate_run(score, majority_baseline: float = 0.0, *, tol: float = 0.0) -> bool:
-    """Whether a run failed: its score is not above the majority-class baseline (Mosbach et al. 2021:
-    "final accuracy ≤ majority classifier"; Dodge et al. 2020 call such runs degenerate).
+    """Whether a score marks a failed run: it is not above the majority-class baseline.
+
+    This is the threshold of the package's one definition of a degenerate run (see :func:`degenerate_record`,
+    which says *which* score is tested): Mosbach et al. (2021) call a run failed when its accuracy is "less or
+    equal to that of a majority classifier"; Dodge et al. (2020) call such runs degenerate.
 
     Args:
         score: the run's score, in the same units as ``majority_baseline``. None or NaN (the run produced
@@ -450,3 +458,80 @@ def degenerate_run(score, majority_baseline: float = 0.0, *, tol: float = 0.0) -
     if not math.isfinite(score):
         return True
     return score <= float(majority_baseline) + float(tol)
+
+
+def _finite(value) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def degenerate_score(record: Mapping) -> float | None:
+    """The score :func:`degenerate_record` tests: the run's best validation score.
+
+    ``best_validation`` when recorded, else the best finite ``validation`` of ``eval_history``, else
+    ``final_validation`` (a run evaluated once); None when the run has no validation score at all.
+    """
+    best = _finite(record.get("best_validation"))
+    if best is not None:
+        return best
+    history = [_finite(e.get("validation")) for e in (record.get("eval_history") or []) if isinstance(e, Mapping)]
+    history = [v for v in history if v is not None]
+    if history:
+        return max(history)
+    return _finite(record.get("final_validation"))
+
+
+def degenerate_record(record: Mapping) -> bool | None:
+    """The one definition of a degenerate run, for a run record (``runs.jsonl`` schema); sweeps store its
+    result as the record's ``degenerate`` flag and the report applies it to records without one.
+
+    * ``status == "aborted"`` (stopped by the degenerate-run alarm, Dodge et al. 2020): degenerate.
+    * ``status == "failed"`` (an exception, not an outcome of the seed): None — neither; not counted.
+    * otherwise: :func:`degenerate_run` of the run's **best validation score** (:func:`degenerate_score`)
+      against the validation split's majority-class baseline (``majority_baseline["validation"]``; 0 when
+      not recorded, the baseline of MCC and correlations). No validation score at all: degenerate.
+
+    Why the best and not the last evaluation: Mosbach et al. (2021, §4) test the accuracy "at the end of
+    training", which for them is the model the run delivers. Under the evaluation protocol of Zhang et al.
+    (2021, §3: evaluate 10 times, keep the checkpoint best on validation) — the protocol of our sweeps and
+    the score the report counts for the run — the delivered model is the best-on-validation checkpoint, so
+    its validation score is the one tested. A run is thus never counted degenerate while the score the
+    report shows for it lies above the baseline, nor the other way round.
+    """
+    status = record.get("status") or "finished"
+    if status == "aborted":
+        return True
+    if status == "failed":
+        return None
+    baseline = record.get("majority_baseline")
+    baseline = _finite(baseline.get("validation")) if isinstance(baseline, Mapping) else None
+    return degenerate_run(degenerate_score(record), 0.0 if baseline is None else baseline)
+
+
+def constant_prediction_loss(labels: Sequence | np.ndarray, num_labels: int) -> float:
+    """Training loss of the best input-independent predictor — the level a collapsed run sits at.
+
+    Classification (``num_labels >= 2``): the cross-entropy of always predicting the empirical class
+    distribution p, which equals its entropy H(p) = −Σ p_c ln p_c (nats, as ``CrossEntropyLoss``); no
+    constant output does better. Regression (``num_labels == 1``, the Trainer's ``MSELoss``): the mean
+    squared error of always predicting the mean, i.e. the population variance of ``labels``.
+    (A uniform prediction would cost ln(num_labels), which is at least H(p).)
+    """
+    if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive integer; got {num_labels!r}")
+    values = np.asarray(labels).reshape(-1)
+    if len(values) == 0:
+        raise ValueError("labels is empty")
+    if num_labels == 1:
+        return float(np.var(values.astype(np.float64)))
+    ids = values.astype(np.int64)
+    if not np.array_equal(ids, values) or ids.min() < 0 or ids.max() >= num_labels:
+        raise ValueError(f"classification labels must be integers in 0..{num_labels - 1}")
+    p = np.bincount(ids, minlength=num_labels) / len(ids)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())

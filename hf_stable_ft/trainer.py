@@ -12,15 +12,11 @@ from transformers.trainer_utils import HPSearchBackend, get_last_checkpoint
 
 from .args import ADAMW_OPTIMS, StableTrainingArguments
 from .architectures import ENCODER_LAYOUTS, unwrap_model
-from .callback import (
-    StableFineTuningCallback,
-    _resume_refusal,
-    checkpoint_settings_mismatch,
-    create_stable_optimizer,
-    prepare_model,
-    read_checkpoint_settings,
-)
+from .callback import StableFineTuningCallback
 from .diagnostics import place_before_reporters
+from .optimizer_factory import create_stable_optimizer
+from .preparation import prepare_model
+from .settings_record import _resume_refusal, checkpoint_settings_mismatch, read_checkpoint_settings
 
 __all__ = ["StableTrainer", "updates_per_epoch"]
 

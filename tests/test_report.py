@@ -96,7 +96,7 @@ def test_skip_corrupt_warns_and_skips(tmp_path):
 
 
 def test_records_need_a_recipe(tmp_path):
-    (tmp_path / "runs.jsonl").write_text('{"recipe": "a", "status": "failed"}\n\n[1, 2]\n')
+    (tmp_path / "runs.jsonl").write_text('{"run_id": "a/seed=0", "recipe": "a", "status": "failed"}\n\n[1, 2]\n')
     with pytest.raises(ValueError, match="line 3"):
         load_runs(tmp_path)
     (tmp_path / "runs.jsonl").write_text('{"seed": 1}\n')
@@ -219,7 +219,7 @@ def test_aborted_without_evaluation_uses_majority_baseline_and_missing_flag(tmp_
     summary = summarize_runs(load_runs(tmp_path))
     runs = {r["seed"]: r for r in summary["recipes"]["r"]["runs"]}
     assert runs[0]["validation"] == 0.52 and runs[0]["test"] == 0.5 and runs[0]["degenerate"]
-    assert runs[1]["degenerate"]  # final validation 0.4 is not above the majority baseline 0.52
+    assert runs[1]["degenerate"]  # best validation (about 0.4) is not above the majority baseline 0.52
     assert not runs[2]["degenerate"]
     assert summary["recipes"]["r"]["summary"]["n_degenerate"] == 2
     assert math.isclose(summary["display_scale"], 100)

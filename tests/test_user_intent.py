@@ -4,6 +4,7 @@ parser or Trainer API, on tiny models."""
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from hf_stable_ft import (
     get_fine_tuning_state,
     stable_optimizer,
 )
-from hf_stable_ft.callback import SETTINGS_KEY
+from hf_stable_ft.settings_record import SETTINGS_KEY
 
 
 def _parse(argv, tmp_path):
@@ -230,23 +231,14 @@ def test_optuna_trial_values_are_validated_and_recipes_applied(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_ray_tune_trials_train_with_their_own_values(tmp_path):
-    ray = pytest.importorskip("ray")
-    tune = pytest.importorskip("ray.tune")
-    record = tmp_path / "record.jsonl"
-    trainer = _search_trainer(tmp_path, record)
-    import tempfile
+    import subprocess
+    import sys
 
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # AF_UNIX socket paths must stay under 107 bytes
-    ray.init(num_cpus=1, include_dashboard=False, address="local", log_to_driver=False, _temp_dir=temp_dir,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}})
-    try:
-        trainer.hyperparameter_search(
-            hp_space=lambda _: {"reinit_layers": tune.grid_search([2, 0]), "mixout_prob": tune.grid_search([0.2])},
-            backend="ray", n_trials=1, direction="minimize", resources_per_trial={"cpu": 1},
-            storage_path=str(tmp_path / "ray_results"))
-    finally:
-        ray.shutdown()
-    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    pytest.importorskip("ray.tune")
+    worker = Path(__file__).parent / "ray_search_worker.py"
+    subprocess.run([sys.executable, str(worker), str(tmp_path)], check=True, timeout=280,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    rows = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
     trial_rows = [r for r in rows if r["trial"]]
     assert sorted(r["reinit_layers"] for r in trial_rows) == [0, 2]
     for row in trial_rows:
