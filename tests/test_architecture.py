@@ -86,3 +86,19 @@ def test_the_checker_sees_lazy_and_relative_imports():
     assert "stats" in GRAPH["diagnostics.degenerate"]  # `from ..stats import ...`
     assert "experiment" in GRAPH["cli"]  # imported inside main()
     assert "callback" in GRAPH["trainer"]
+
+
+def test_every_public_name_resolves_and_the_plugin_imports_alone():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, hf_stable_ft\n"
+        f"layer = {sorted(EXPERIMENT_LAYER)!r}\n"
+        "loaded = [m for m in layer if 'hf_stable_ft.' + m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "missing = [n for n in hf_stable_ft.__all__ if getattr(hf_stable_ft, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert 'hf_stable_ft.experiment' in sys.modules  # loaded on first use\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
