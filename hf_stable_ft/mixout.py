@@ -13,9 +13,12 @@ Mixout replaces dropout, so by default every dropout of the model is switched of
 What this module does, and the choices it makes (the reference is the authors' ``mixout`` repository,
 ``MixLinear``, as used by Zhang et al. 2021's ``--mixout`` runs, which we reproduce):
 
-* **Targets**: every ``nn.Linear`` of the model — encoder, pooler and task head — unless narrowed with
-  ``include``/``exclude`` glob patterns on module names. Embeddings, norms and convolutions are never mixed
-  (the reference mixes Linear layers only).
+* **Targets**: every ``nn.Linear`` of the model — encoder, pooler and task head — and every transformers
+  ``Conv1D`` (GPT-2-style models' linear layers: ``y = x @ W + b`` with ``W`` of shape ``(in, out)``; mixed
+  exactly as the ``nn.Linear`` with weight ``Wᵀ``, see :class:`MixoutConv1D`), unless narrowed with
+  ``include``/``exclude`` glob patterns on module names. Embeddings, norms and real convolutions are never
+  mixed (the reference mixes Linear layers only; it predates GPT-2 fine-tuning). Without Conv1D support a
+  GPT-2 model would get Mixout on its ``score`` head alone while all its dropout is switched off.
 * **W₀** is a copy of each weight taken when :func:`apply_mixout` runs. Call it after any re-initialisation
   (re-initialised top layers and the freshly initialised head are then mixed toward their *new* random
   init, exactly as in the reference, where Mixout was applied after ``--reinit_layers``) and before a
@@ -26,12 +29,15 @@ What this module does, and the choices it makes (the reference is the authors' `
   forward call and shares it across output units — column ``j`` of ``W`` is mixed as a whole. This is the
   paper's neuron-level picture (its Fig. 1: the parameters going out of a "dropped" neuron are replaced by
   their pretrained values, the way dropout zeroes them) and what the reference code does; it is also the
-  cheapest (a mask of ``in_features`` values). ``"per_element"`` draws one variable per weight entry
-  (the per-parameter definition taken literally, "mixconnect"). A module called several times per forward
+  cheapest (a mask of ``in_features`` values; for a Conv1D, one draw per row of its ``(in, out)`` weight).
+  ``"per_element"`` draws one variable per weight entry (the per-parameter definition taken literally,
+  "mixconnect"). A module called several times per forward
   (ALBERT's shared layer) has one W₀ and a fresh mask at every call.
-* **Gradient**: computed exactly, ``M/(1 − p) ⊙ ∂L/∂W'``. (The reference's hand-written backward omits the
-  ``1/(1 − p)`` factor; Adam(W) is invariant to a constant gradient scale up to its ε, so results barely
-  differ.)
+* **Gradient**: computed exactly, ``M/(1 − p) ⊙ ∂L/∂W'``. (The reference's hand-written backward,
+  ``grad_output * noise``, omits the ``1/(1 − p)`` factor: its weight gradient is ``(1 − p)`` times the true
+  one, 0.9× at p = 0.1, 0.3× at p = 0.7 — see tests/test_reference_differences.py. Adam(W) is invariant to a
+  constant gradient scale up to its ε, so results barely differ; SGD or gradient clipping would see it.)
+* **Input shapes**: any ``(..., in_features)`` input ``nn.Linear`` accepts, including an unbatched 1-D one.
 * **Memory and speed**: the overhead is one copy of the mixed weights (W₀) plus, for ``"per_element"``, one
   byte per weight entry for the saved masks. Outside autocast, W' is rebuilt in backward (a custom autograd
   function) instead of being kept alive per layer until backward; under autocast ``F.linear`` keeps a
@@ -62,17 +68,19 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .architectures import unwrap_model
 
 __all__ = [
     "MIXOUT_MASKS",
+    "MixoutConv1D",
     "MixoutLinear",
     "apply_mixout",
-    "remove_mixout",
     "has_mixout",
-    "mixout_module_names",
     "mixout",
+    "mixout_module_names",
+    "remove_mixout",
 ]
 
 MIXOUT_MASKS = ("per_input", "per_element")
@@ -154,7 +162,8 @@ def mixout(
     mask: str = "per_input",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Functional Mixout (Lee et al. 2020) of a 2-D weight, differentiable with ordinary autograd.
+    """Functional Mixout (Lee et al. 2020) of a 2-D weight in ``nn.Linear``'s ``(out, in)`` layout (for a
+    transformers ``Conv1D`` pass ``weight.t()`` and ``target.t()``), differentiable with ordinary autograd.
 
     Returns ``W' = ((1 − M)·W₀ + M·W − p·W₀)/(1 − p) = W₀ + M·(W − W₀)/(1 − p)`` with
     ``M ~ Bernoulli(1 − p)`` (one draw per column for ``mask="per_input"``, per entry for ``"per_element"``),
@@ -200,9 +209,10 @@ class _MixoutLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_out.matmul(_mix(weight, target, noise, ctx.p))
-        grad_2d = grad_out.flatten(0, -2)
+        # (batch..., features) -> (N, features); an unbatched 1-D input (which F.linear accepts) is N = 1.
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.needs_input_grad[1]:
-            grad_w = _mix_grad(grad_2d.t().mm(x.flatten(0, -2)), weight, noise, ctx.p)
+            grad_w = _mix_grad(grad_2d.t().mm(x.reshape(-1, x.shape[-1])), weight, noise, ctx.p)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_2d.sum(0)
         return grad_x, grad_w, grad_b, None, None, None
@@ -226,17 +236,52 @@ class MixoutLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.mixout_p == 0.0:
             return F.linear(input, self.weight, self.bias)
-        noise = _draw_noise(self.weight, self.mixout_p, self.mixout_mask, self.mixout_generator)
-        if _autocast_active(input):
-            # Under autocast F.linear keeps a half-precision cast of its weight for backward whether the weight
-            # is mixed or not, so the differentiable formula costs no memory over a plain layer, and its
-            # backward runs without Python (a small encoder's GPU step is bound by launch overhead).
-            return F.linear(input, _mix(self.weight, self.mixout_target, noise, self.mixout_p), self.bias)
-        # Without autocast F.linear would keep the full-precision W' of every layer until backward: rebuild it.
-        return _MixoutLinearFunction.apply(input, self.weight, self.bias, self.mixout_target, noise, self.mixout_p)
+        return _mixed_linear(self, input, self.weight, self.mixout_target)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mixout_p={self.mixout_p}, mixout_mask={self.mixout_mask!r}"
+
+
+class MixoutConv1D(Conv1D):
+    """transformers' ``Conv1D`` (GPT-2's linear layer: ``y = x @ W + b`` with ``W`` of shape ``(in, out)``) whose
+    weight is mixed toward ``mixout_target`` (W₀, same ``(in, out)`` shape) in training mode (Lee et al. 2020).
+
+    Exactly :class:`MixoutLinear` applied to the ``(out, in)`` view ``Wᵀ``: ``W' = W₀ + M/(1 − p) ⊙ (W − W₀)``,
+    ``∂L/∂W = M/(1 − p) ⊙ ∂L/∂W'``; with ``mask="per_input"`` one draw per input feature, i.e. per *row* of the
+    ``(in, out)`` weight. Evaluation mode (and p = 0) runs ``Conv1D.forward`` itself. Installed by
+    :func:`apply_mixout` by swapping the class in place (same Parameters, same ``state_dict`` keys).
+    """
+
+    mixout_p: float
+    mixout_mask: str
+    mixout_generator: torch.Generator | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.mixout_p == 0.0:
+            return super().forward(x)
+        return _mixed_linear(self, x, self.weight.t(), self.mixout_target.t())
+
+    def __repr__(self) -> str:
+        return f"MixoutConv1D(nf={self.nf}, nx={self.nx}, mixout_p={self.mixout_p}, mixout_mask={self.mixout_mask!r})"
+
+
+_MIXOUT_CLASSES = (MixoutLinear, MixoutConv1D)
+_PLAIN_CLASS = {MixoutLinear: nn.Linear, MixoutConv1D: Conv1D}
+_MIXOUT_CLASS = {nn.Linear: MixoutLinear, Conv1D: MixoutConv1D}
+
+
+def _mixed_linear(module, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Training-mode forward of a mixed layer: ``F.linear(input, W₀ + M/(1 − p) ⊙ (W − W₀), b)`` with ``weight``
+    and ``target`` in ``nn.Linear``'s ``(out, in)`` layout (a transposed view for Conv1D)."""
+    p = module.mixout_p
+    noise = _draw_noise(weight, p, module.mixout_mask, module.mixout_generator)
+    if _autocast_active(input):
+        # Under autocast F.linear keeps a half-precision cast of its weight for backward whether the weight
+        # is mixed or not, so the differentiable formula costs no memory over a plain layer, and its
+        # backward runs without Python (a small encoder's GPU step is bound by launch overhead).
+        return F.linear(input, _mix(weight, target, noise, p), module.bias)
+    # Without autocast F.linear would keep the full-precision W' of every layer until backward: rebuild it.
+    return _MixoutLinearFunction.apply(input, weight, module.bias, target, noise, p)
 
 
 def _as_patterns(patterns: str | Iterable[str] | None, arg: str) -> list[str]:
@@ -292,14 +337,20 @@ def _restore_dropout(model: nn.Module) -> None:
 
 
 def has_mixout(model: nn.Module) -> bool:
-    """True when any module of ``model`` is a :class:`MixoutLinear`."""
-    return any(isinstance(module, MixoutLinear) for module in model.modules())
+    """True when any module of ``model`` is a :class:`MixoutLinear` or :class:`MixoutConv1D`."""
+    return any(isinstance(module, _MIXOUT_CLASSES) for module in model.modules())
 
 
 def mixout_module_names(model: nn.Module) -> list[str]:
     """Names (as in ``unwrap_model(model).named_modules()``) of the layers that currently carry Mixout."""
     model = unwrap_model(model)
-    return [name for name, module in model.named_modules() if isinstance(module, MixoutLinear)]
+    return [name for name, module in model.named_modules() if isinstance(module, _MIXOUT_CLASSES)]
+
+
+def _full_size(module: nn.Module) -> int:
+    if isinstance(module, Conv1D):
+        return module.nx * module.nf
+    return module.in_features * module.out_features
 
 
 def apply_mixout(
@@ -312,7 +363,8 @@ def apply_mixout(
     disable_dropout: bool = True,
     generator: torch.Generator | None = None,
 ) -> list[str]:
-    """Turn ``nn.Linear`` layers of ``model`` into :class:`MixoutLinear` in place (Lee et al. 2020).
+    """Turn ``nn.Linear`` layers of ``model`` into :class:`MixoutLinear` (and transformers ``Conv1D`` layers, as in
+    GPT-2, into :class:`MixoutConv1D`) in place (Lee et al. 2020).
 
     In training mode each mixed layer computes ``F.linear(x, W', b)`` with
     ``W' = ((1 − M)·W₀ + M·W − p·W₀)/(1 − p) = W₀ + M·(W − W₀)/(1 − p)``, ``M ~ Bernoulli(1 − p)``
@@ -325,7 +377,8 @@ def apply_mixout(
         p: mix probability in [0, 1) (the paper searches 0.1 … 0.9). ``p = 0`` makes the layers plain Linears.
         include: glob pattern(s) (``fnmatch``, case-sensitive) on module names; a Linear is selected when a
             pattern matches its name or the name of a module containing it (``"bert.encoder"``,
-            ``"*.attention.*"``, ``"classifier"``). Default: every ``nn.Linear`` of the model, head included.
+            ``"*.attention.*"``, ``"classifier"``). Default: every ``nn.Linear`` and ``Conv1D`` of the model,
+            head included.
         exclude: glob pattern(s), same rules, removed from the selection.
         mask: ``"per_input"`` (default: one draw per input feature shared by all output units, as in the
             reference code and the paper's neuron-level Fig. 1; cheapest) or ``"per_element"``.
@@ -341,8 +394,8 @@ def apply_mixout(
     Raises:
         ValueError: p outside [0, 1); unknown ``mask``; a pattern that matches no ``nn.Linear``; an empty
             selection; a model that already carries Mixout (call :func:`remove_mixout` first); a PEFT model;
-            a selected module that is a subclass of ``nn.Linear`` (its forward may not use ``weight`` the
-            plain way) or whose weight is sharded away (ZeRO-3/FSDP).
+            a selected module that is a subclass of ``nn.Linear`` or ``Conv1D`` (its forward may not use
+            ``weight`` the plain way) or whose weight is sharded away (ZeRO-3/FSDP).
     """
     p = _check_p(p)
     mask = _check_mask(mask)
@@ -366,12 +419,12 @@ def apply_mixout(
     include_patterns = _as_patterns(include, "include")
     exclude_patterns = _as_patterns(exclude, "exclude")
 
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Linear, Conv1D))]
     for arg, patterns in (("include", include_patterns), ("exclude", exclude_patterns)):
         for pattern in patterns:
             if not any(_pattern_matches(pattern, name) for name, _ in linears):
                 raise ValueError(
-                    f"Mixout {arg} pattern {pattern!r} matches no nn.Linear of {type(model).__name__} "
+                    f"Mixout {arg} pattern {pattern!r} matches no nn.Linear or Conv1D of {type(model).__name__} "
                     f"(patterns are fnmatch globs on module names, e.g. {linears[0][0] if linears else 'classifier'!r})"
                 )
     selected = [
@@ -384,13 +437,14 @@ def apply_mixout(
         raise ValueError(
             f"Mixout would mix no layer of {type(model).__name__} (include={include!r}, exclude={exclude!r})"
         )
-    odd = [f"{name} ({type(module).__name__})" for name, module in selected if type(module) is not nn.Linear]
+    odd = [f"{name} ({type(module).__name__})" for name, module in selected if type(module) not in _MIXOUT_CLASS]
     if odd:
         raise ValueError(
-            "Mixout replaces the forward of plain nn.Linear modules only; these are subclasses whose forward "
+            "Mixout replaces the forward of plain nn.Linear and transformers Conv1D modules only; these are "
+            "subclasses whose forward "
             f"may not use .weight as F.linear does: {', '.join(odd)}. Leave them out with exclude="
         )
-    sharded = [name for name, module in selected if module.weight.numel() != module.in_features * module.out_features]
+    sharded = [name for name, module in selected if module.weight.numel() != _full_size(module)]
     if sharded:
         raise ValueError(
             f"the weights of {', '.join(sharded[:3])} are sharded or partitioned (ZeRO-3/FSDP); Mixout needs the "
@@ -407,7 +461,7 @@ def apply_mixout(
             )
 
     for _, module in selected:
-        module.__class__ = MixoutLinear
+        module.__class__ = _MIXOUT_CLASS[type(module)]
         module.register_buffer("mixout_target", module.weight.detach().clone(), persistent=False)
         module.mixout_p = p
         module.mixout_mask = mask
@@ -418,18 +472,19 @@ def apply_mixout(
 
 
 def remove_mixout(model: nn.Module) -> list[str]:
-    """Undo :func:`apply_mixout`: make every :class:`MixoutLinear` a plain ``nn.Linear`` again (same
+    """Undo :func:`apply_mixout`: make every :class:`MixoutLinear` / :class:`MixoutConv1D` a plain ``nn.Linear`` /
+    ``Conv1D`` again (same
     Parameters, W₀ buffer dropped) and restore the dropout values ``disable_dropout`` overwrote.
     Returns the names of the restored modules (empty when the model carries no Mixout)."""
     model = unwrap_model(model)
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, MixoutLinear):
+        if isinstance(module, _MIXOUT_CLASSES):
             del module._buffers["mixout_target"]
             module._non_persistent_buffers_set.discard("mixout_target")
             for attr in ("mixout_p", "mixout_mask", "mixout_generator"):
                 vars(module).pop(attr, None)
-            module.__class__ = nn.Linear
+            module.__class__ = _PLAIN_CLASS[type(module)]
             names.append(name)
     _restore_dropout(model)
     return names

@@ -14,6 +14,13 @@ One optimizer covers the three update rules the papers compare:
 Speed: BERTAdam is run through torch's own fused/foreach AdamW kernels. Since
 ``lr·m/(√v+ε) = (lr_t/c₁)·m/(√v/√c₂ + ε_t)`` with ``lr_t = lr·c₁/√c₂``, ``ε_t = ε/√c₂`` (``c₁ = 1−β₁ᵗ``,
 ``c₂ = 1−β₂ᵗ``), disabling bias correction is a per-step rescaling of the group's lr, ε and weight decay.
+``t`` is each parameter's own count of updates (torch keeps one per parameter): a parameter that has no
+gradient at a step is left untouched (no Adam update, no weight decay, no decay toward θ_pre) and its ``t``
+does not advance, so parameters of one group can have different ``t``; they are then rescaled separately.
+
+Mixed precision: under ``torch.amp.GradScaler`` a step whose gradients overflowed changes nothing —
+parameters, moments and step counts stay bit-identical. (With the fused kernel torch calls ``step()`` anyway
+and passes ``found_inf``; the decay toward θ_pre is masked by it, the kernel skips the rest.)
 """
 
 from __future__ import annotations
@@ -46,7 +53,16 @@ class StableAdamW(torch.optim.AdamW):
             instead carry an ``anchors`` list aligned with its ``params``. Kept out of ``state_dict()`` on
             purpose: on resume the anchors must be the pretrained values, not a checkpoint's.
         fused, foreach: kernel choice as in torch; by default the fused kernel is used where torch supports it.
+
+    Attributes:
+        run_settings: optional mapping of the settings this optimizer was built for (set by
+            :func:`~hf_stable_ft.create_stable_optimizer`: the technique settings). Saved in ``state_dict()`` under
+            ``"hf_stable_ft"``; ``load_state_dict`` of a state saved with other settings — or with other named
+            parameter groups — raises ``ValueError`` listing the differences, instead of torch's
+            group-count error or a silent swap of one run's groups for another's.
     """
+
+    SETTINGS_KEY = "hf_stable_ft"
 
     def __init__(
         self,
@@ -83,6 +99,7 @@ class StableAdamW(torch.optim.AdamW):
             group.setdefault("bias_correction", bool(bias_correction))
             group.setdefault("pretrained_weight_decay", float(pretrained_weight_decay))
         self.pretrained_anchors: dict[Tensor, Tensor] = anchors
+        self.run_settings: dict | None = None
         for group in self.param_groups:
             if group["pretrained_weight_decay"] > 0:
                 missing = [p for p in group["params"] if p not in self.pretrained_anchors]
@@ -93,6 +110,29 @@ class StableAdamW(torch.optim.AdamW):
                         "pretrained_anchors"
                     )
 
+    def state_dict(self):
+        state = super().state_dict()
+        if self.run_settings is not None:
+            state[self.SETTINGS_KEY] = dict(self.run_settings)
+        return state
+
+    def load_state_dict(self, state_dict):
+        saved = state_dict.get(self.SETTINGS_KEY)
+        differ = []
+        if saved is not None and self.run_settings is not None:
+            differ = [f"{name}: checkpoint {saved[name]!r}, now {value!r}"
+                      for name, value in self.run_settings.items() if name in saved and saved[name] != value]
+        saved_names = [g.get("name") for g in state_dict.get("param_groups", [])]
+        names = [g.get("name") for g in self.param_groups]
+        if not differ and None not in saved_names + names and saved_names != names:
+            differ = [f"parameter groups: checkpoint {saved_names}, now {names}"]
+        if differ:
+            raise ValueError(
+                "cannot resume: the checkpoint's optimizer was built with other hf_stable_ft settings ("
+                + "; ".join(differ) + "). Resume with the checkpoint's settings, or start a new run in another output_dir."
+            )
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != self.SETTINGS_KEY})
+
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
@@ -101,21 +141,47 @@ class StableAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def _decay_toward_pretrained(self) -> None:
-        """θ ← θ − lr·λ_pre·(θ − θ_pre), i.e. ``lerp(θ, θ_pre, lr·λ_pre)``, before the Adam update (decoupled)."""
+        """θ ← θ − lr·λ_pre·(θ − θ_pre), i.e. ``lerp(θ, θ_pre, lr·λ_pre)``, before the Adam update (decoupled;
+        Zhang et al. 2021 §6). Only parameters with a gradient are decayed, as torch's AdamW decays only those.
+
+        Under ``torch.amp.GradScaler`` with the fused kernel (``_step_supports_amp_scaling``) the scaler does not
+        skip ``step()`` on an overflow: it sets ``self.found_inf`` and the kernel skips the update itself. The
+        decay then uses the weight ``lr·λ_pre·(found_inf == 0)``, so a skipped step moves nothing (without a
+        host synchronisation)."""
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             strength = group["lr"] * group["pretrained_weight_decay"]
             if strength == 0:
                 continue
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                anchors = [self.pretrained_anchors[p] for p in params]
+            if not params:
+                continue
+            anchors = [self.pretrained_anchors[p] for p in params]
+            if found_inf is None:
                 torch._foreach_lerp_(params, anchors, strength)
+                continue
+            weights: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+            for p in params:
+                key = (p.device, p.dtype)
+                if key not in weights:
+                    keep = found_inf.to(p.device, non_blocking=True) == 0
+                    weights[key] = keep.to(p.dtype) * strength
+            torch._foreach_lerp_(params, anchors, [weights[(p.device, p.dtype)] for p in params])
 
-    def _next_steps(self, group) -> list[float]:
-        steps = [self.state[p]["step"] for p in group["params"] if p.grad is not None and "step" in self.state[p]]
-        fresh = sum(1 for p in group["params"] if p.grad is not None and "step" not in self.state[p])
-        values = torch.stack([s.detach().float().cpu() for s in steps]).tolist() if steps else []
-        return [v + 1 for v in values] + [1.0] * fresh
+    def _next_steps(self, group) -> list[tuple[Tensor, float]]:
+        """``(parameter, t)`` for each parameter of ``group`` that has a gradient, in group order, where ``t`` is
+        the step count torch's kernel will use for it: its own ``state["step"] + 1`` (1 for a parameter updated
+        for the first time). Parameters that missed updates have fewer steps than the rest of their group."""
+        with_grad = [p for p in group["params"] if p.grad is not None]
+        known = [p for p in with_grad if "step" in self.state[p]]
+        counts: dict[int, float] = {}
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for p in known:
+            by_device.setdefault(self.state[p]["step"].device, []).append(p)
+        for params in by_device.values():  # one host synchronisation per device
+            values = torch.stack([self.state[p]["step"].detach().float() for p in params]).cpu().tolist()
+            counts.update((id(p), v) for p, v in zip(params, values))
+        return [(p, counts.get(id(p), 0.0) + 1.0) for p in with_grad]
 
     def step(self, closure=None):
         loss = None
@@ -134,14 +200,15 @@ class StableAdamW(torch.optim.AdamW):
             if group["bias_correction"]:
                 groups.append(group)
                 continue
-            steps = self._next_steps(group)
-            if len(set(steps)) <= 1:
-                groups.append(self._rescaled(group, steps[0] if steps else 1.0, group["params"]))
+            by_step: dict[float, list[Tensor]] = {}
+            for p, t in self._next_steps(group):
+                by_step.setdefault(t, []).append(p)
+            if not by_step:
+                groups.append(group)  # no gradients: torch's kernel skips the group
+            elif len(by_step) == 1:
+                (t,) = by_step
+                groups.append(self._rescaled(group, t, group["params"]))
             else:  # parameters that missed updates have their own t: one temporary group per distinct t
-                by_step: dict[float, list[Tensor]] = {}
-                with_grad = [p for p in group["params"] if p.grad is not None]
-                for p, t in zip(with_grad, steps):
-                    by_step.setdefault(t, []).append(p)
                 groups.extend(self._rescaled(group, t, ps) for t, ps in by_step.items())
         self.param_groups = groups
         try:

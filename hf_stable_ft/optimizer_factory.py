@@ -54,7 +54,7 @@ def create_stable_optimizer(model: nn.Module, args: StableTrainingArguments) -> 
         pretrained_weight_decay=args.pretrained_weight_decay,
         pretrained_anchors=anchors,
     )
-    return StableAdamW(
+    optimizer = StableAdamW(
         groups,
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
@@ -62,6 +62,8 @@ def create_stable_optimizer(model: nn.Module, args: StableTrainingArguments) -> 
         weight_decay=args.weight_decay,
         bias_correction=args.adam_bias_correction,
     )
+    optimizer.run_settings = args.technique_settings()  # a resume with other settings is refused on load
+    return optimizer
 
 
 def stable_optimizer(args: StableTrainingArguments) -> tuple[type, dict]:

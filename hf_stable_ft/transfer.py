@@ -15,6 +15,17 @@ Output layer of the target model:
   placeholder ``LABEL_i``) — e.g. RTE → QNLI — the output layer is kept as is;
 * otherwise a new output layer: weights ~ N(0, ``initializer_range``²), biases 0 (BERT's initialisation).
 
+RoBERTa-family ``classifier.dense`` is **kept**, a deliberate difference from Zhang et al.'s ``run_glue.py``
+(asappresearch/revisit-bert-finetuning). When the label count changes, that script replaces the whole
+``model.classifier``; for BERT this is only the output layer (``bert.pooler`` keeps its MNLI weights), but for
+RoBERTa ``classifier`` is the ``RobertaClassificationHead``, so its dense layer — the module that plays BERT's
+pooler role (dense + tanh on the first token) — is re-drawn too, and only when the label count differs (a
+3-label checkpoint onto a 3-label target keeps it). We treat every architecture as the paper's BERT runs
+(Table 2, "Int. task") are treated: everything below the output layer transfers. To get the reference
+script's RoBERTa head, re-initialise the pooler after loading (``reinit_top_layers(model, 0,
+reinit_pooler=True)`` or ``reinit_pooler=True``): for RoBERTa that re-draws exactly ``classifier.dense`` from
+the same N(0, initializer_range²), zero-bias distribution.
+
 The checkpoint is loaded once as it was saved, and its output layer is then replaced; the result is the
 same as ``from_pretrained(..., num_labels=, id2label=, ignore_mismatched_sizes=True)`` plus the row copy,
 without loading twice and without a silently reused layer when the label count happens to match.

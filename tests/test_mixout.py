@@ -569,3 +569,142 @@ def test_gradient_checkpointing_replays_the_same_masks(tmp_path, use_reentrant):
 def test_generator_on_another_device_is_refused():
     with pytest.raises(ValueError, match="generator"):
         apply_mixout(nn.Linear(3, 3), 0.1, generator=torch.Generator("cuda"))
+
+
+# --------------------------------------------------------------------------- unbatched input (issue 13, item 10)
+
+
+@pytest.mark.parametrize("mask", ["per_input", "per_element"])
+def test_unbatched_1d_input_matches_the_written_out_gradient(mask):
+    """nn.Linear accepts a 1-D input (in_features,); so must its Mixout version, forward and backward."""
+    p = 0.4
+    layer = _moved_layer(in_features=16, out_features=12)
+    layer.mixout_p, layer.mixout_mask = p, mask
+    layer.mixout_generator = torch.Generator().manual_seed(9)
+    layer.train()
+    x = torch.randn(16, requires_grad=True)
+    upstream = torch.randn(12)
+    out = layer(x)
+    assert out.shape == (12,)
+    (out * upstream).sum().backward()
+
+    shape, dtype = ((16,), torch.float32) if mask == "per_input" else ((12, 16), torch.bool)
+    scale = torch.empty(shape, dtype=dtype).bernoulli_(1 - p, generator=torch.Generator().manual_seed(9)).float() / (1 - p)
+    w, w0 = layer.weight.detach(), layer.mixout_target
+    mixed = w0 + scale * (w - w0)  # W' = W₀ + M/(1 − p)·(W − W₀)
+    torch.testing.assert_close(out, mixed @ x.detach() + layer.bias.detach())
+    torch.testing.assert_close(layer.weight.grad, scale * torch.outer(upstream, x.detach()))  # M/(1 − p) ⊙ ∂L/∂W'
+    torch.testing.assert_close(x.grad, mixed.t() @ upstream)
+    torch.testing.assert_close(layer.bias.grad, upstream)
+
+
+# --------------------------------------------------------------------------- GPT-2 Conv1D (issue 14, item 9)
+
+
+def _tiny_gpt2(seed=0):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=99, n_positions=64, pad_token_id=0, num_labels=2)
+    return GPT2ForSequenceClassification(config)
+
+
+def _moved_conv1d(nx=8, nf=6, seed=0, dtype=torch.float32):
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(seed)
+    layer = Conv1D(nf, nx).to(dtype)
+    with torch.no_grad():
+        layer.bias.normal_()
+    apply_mixout(layer, 0.0)
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight))
+    return layer
+
+
+@pytest.mark.parametrize("batch_shape", [(4, 3), (5,), ()], ids=["3-d", "2-d", "1-d"])
+@pytest.mark.parametrize("mask", ["per_input", "per_element"])
+def test_conv1d_matches_the_written_out_formula(mask, batch_shape):
+    """transformers' Conv1D computes y = x @ W + b with W of shape (in, out). Mixout mixes W toward W₀ exactly as
+    for nn.Linear (Lee et al. 2020): W' = W₀ + M/(1 − p)·(W − W₀), M ~ Bernoulli(1 − p) per input feature (a
+    row of W) or per entry; ∂L/∂W = M/(1 − p) ⊙ ∂L/∂W'."""
+    p, nx, nf = 0.5, 16, 12
+    layer = _moved_conv1d(nx, nf)
+    layer.mixout_p, layer.mixout_mask = p, mask
+    layer.mixout_generator = torch.Generator().manual_seed(5)
+    layer.train()
+    x = torch.randn(*batch_shape, nx, requires_grad=True)
+    upstream = torch.randn(*batch_shape, nf)
+    out = layer(x)
+    (out * upstream).sum().backward()
+
+    generator = torch.Generator().manual_seed(5)
+    if mask == "per_input":  # one draw per input feature = per row of the (in, out) weight
+        scale = torch.empty(nx).bernoulli_(1 - p, generator=generator)[:, None] / (1 - p)
+    else:  # one draw per entry, drawn in (out, in) order as for nn.Linear
+        scale = torch.empty(nf, nx, dtype=torch.bool).bernoulli_(1 - p, generator=generator).t().float() / (1 - p)
+    w, w0 = layer.weight.detach(), layer.mixout_target
+    mixed = w0 + scale * (w - w0)
+    x2, up2 = x.detach().reshape(-1, nx), upstream.reshape(-1, nf)
+    torch.testing.assert_close(out, (x2 @ mixed + layer.bias.detach()).reshape(*batch_shape, nf))
+    torch.testing.assert_close(layer.weight.grad, scale * (x2.t() @ up2))
+    torch.testing.assert_close(x.grad, (up2 @ mixed.t()).reshape(*batch_shape, nx))
+    torch.testing.assert_close(layer.bias.grad, up2.sum(0))
+    assert layer.weight.grad.shape == (nx, nf)
+
+
+def test_conv1d_gradcheck_float64():
+    layer = _moved_conv1d(5, 4, dtype=torch.float64)
+    layer.mixout_p, layer.mixout_mask = 0.3, "per_element"
+    layer.train()
+    x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(x, weight, bias):
+        layer.mixout_generator = torch.Generator().manual_seed(0)
+        layer.weight, layer.bias = weight, bias
+        return layer(x)
+
+    params = (x, nn.Parameter(layer.weight.detach().clone()), nn.Parameter(layer.bias.detach().clone()))
+    assert torch.autograd.gradcheck(f, params)
+
+
+def test_gpt2_mixes_every_conv1d_and_linear(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    model = _tiny_gpt2()
+    reference = copy.deepcopy(model)
+    layers = sorted(n for n, m in model.named_modules() if type(m) in (nn.Linear, Conv1D))
+    assert len(layers) == 2 * 4 + 1  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block, and score
+    keys = list(model.state_dict())
+    names = apply_mixout(model, 0.3)
+    assert sorted(names) == layers == sorted(mixout_module_names(model))
+    assert list(model.state_dict()) == keys
+    assert all(v == 0 for v in _dropout_state(model).values())
+    batch = _inputs(batch=2, seq=6)
+    model.eval()
+    reference.eval()
+    with torch.no_grad():  # evaluation mode: exactly the stock layers
+        assert torch.equal(model(**batch).logits, reference(**batch).logits)
+    model.train()
+    loss = F.cross_entropy(model(**batch).logits, torch.tensor([0, 1]))
+    loss.backward()
+    for name in names:
+        grad = model.get_submodule(name).weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    model.save_pretrained(tmp_path / "gpt2")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "gpt2").eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
+    assert sorted(remove_mixout(model)) == layers
+    assert all(type(model.get_submodule(n)) in (nn.Linear, Conv1D) for n in layers)
+    assert not has_mixout(model)
+    assert not any(hasattr(model.get_submodule(n), "mixout_target") for n in layers)
+
+
+def test_gpt2_include_patterns_see_conv1d():
+    model = _tiny_gpt2()
+    assert apply_mixout(model, 0.2, include="*.mlp.*") == [
+        "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj",
+    ]

@@ -191,3 +191,29 @@ def test_missing_head_dense_is_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_stable_ft.transfer"):
         load_intermediate_checkpoint(tmp_path / "mlm-like", 2)
     assert "pooler/head dense layer" in caplog.text and "classifier.dense.weight" in caplog.text
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta"])
+def test_roberta_head_dense_is_kept_and_reinit_pooler_redraws_it(model_type, tmp_path):
+    """Decision (issue 13, item 10): RoBERTa's ``classifier.dense`` plays BERT's pooler role (dense + tanh on the
+    first token) and is kept from the intermediate checkpoint, as Zhang et al.'s code keeps ``bert.pooler``
+    for BERT. Their run_glue.py re-draws it for RoBERTa only as a side effect of replacing the whole
+    ``RobertaClassificationHead`` when the label count changes. That head is reproduced by re-init of the
+    pooler after loading: exactly ``classifier.dense`` is re-drawn, N(0, initializer_range²), biases 0."""
+    from hf_stable_ft.reinit import reinit_top_layers
+
+    path, source = save_source(model_type, tmp_path)
+    model = load_intermediate_checkpoint(path, 2, id2label=RTE)
+    assert torch.equal(model.classifier.dense.weight, source["classifier.dense.weight"])
+    assert torch.equal(model.classifier.dense.bias, source["classifier.dense.bias"])
+    assert model.classifier.out_proj.weight.shape == (2, 32)
+    out_proj = model.classifier.out_proj.weight.detach().clone()
+
+    redrawn = reinit_top_layers(model, 0, reinit_pooler=True, seed=0)
+    assert sorted(redrawn) == ["classifier.dense.bias", "classifier.dense.weight"]
+    assert torch.equal(model.classifier.dense.bias, torch.zeros(32))
+    assert 0.01 < model.classifier.dense.weight.std().item() < 0.03  # N(0, 0.02²), 1024 draws
+    assert torch.equal(model.classifier.out_proj.weight, out_proj)
+    body = {k: v for k, v in source.items() if not k.startswith("classifier.")}  # the encoder is untouched
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in body.items())

@@ -268,6 +268,19 @@ def test_resume_with_other_settings_is_refused_listing_the_fields(tmp_path, chan
     assert trainer.state.global_step == 0
 
 
+@pytest.mark.parametrize("changed", [dict(pretrained_weight_decay=0.1), dict(reinit_layers=1)])
+def test_stock_trainer_resume_with_other_group_structure_is_refused_by_name(tmp_path, changed):
+    # These change the optimizer's groups, which torch's load_state_dict would reject with a bare group-count
+    # error before any callback runs; StableAdamW's load_state_dict names the settings instead.
+    checkpoint = _checkpointed_run(tmp_path, layerwise_lr_decay=0.8)
+    args = tiny_args(tmp_path / "again", max_steps=4, layerwise_lr_decay=0.8, **changed)
+    trainer = Trainer(model=tiny_model("bert", tmp_path), args=args, train_dataset=RandomClassificationDataset(),
+                      callbacks=[StableFineTuningCallback()], optimizer_cls_and_kwargs=stable_optimizer(args))
+    field = next(iter(changed))
+    with pytest.raises(ValueError, match=rf"cannot resume.*{field}: checkpoint"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+
+
 def test_stock_trainer_resume_with_other_llrd_is_refused(tmp_path):
     checkpoint = _checkpointed_run(tmp_path, layerwise_lr_decay=0.8)
     args = tiny_args(tmp_path / "again", max_steps=4, layerwise_lr_decay=0.5)
