@@ -38,6 +38,14 @@ FEATURES = {
     "re-init (pooler + 2 blocks)": {"reinit_pooler": True, "reinit_layers": 2},
     "Mixout (p=0.1)": {"mixout_prob": 0.1},
     "diagnostics every 10 steps": {"diagnostics_steps": 10},
+    # Issue 17's stabilisers. NoisyTune perturbs once at preparation (no per-step cost expected); ChildTuning_D's
+    # Fisher pass (one forward+backward over the training set) runs at on_train_begin, outside the timed steps, and
+    # it keeps a snapshot of the starting weights (counted in the memory column) plus a bool mask per block weight;
+    # R3F adds a second forward and its backward (about 2x).
+    "NoisyTune (noisytune_intensity=0.15)": {"noisytune_intensity": 0.15},
+    "ChildTuning_F (p=0.3)": {"child_tuning_mode": "F", "child_tuning_p": 0.3},
+    "ChildTuning_D (p=0.3, per step; Fisher pass not timed)": {"child_tuning_mode": "D", "child_tuning_p": 0.3},
+    "R3F (r3f_lambda=1, eps=1e-5, uniform)": {"r3f_lambda": 1.0},
     "all of the above": {"adam_bias_correction": False, "layerwise_lr_decay": 0.9, "pretrained_weight_decay": 0.01,
                          "reinit_pooler": True, "reinit_layers": 2, "mixout_prob": 0.1, "diagnostics_steps": 10},
 }

@@ -11,12 +11,15 @@ metrics, sweeps, statistics, the report — is importable from here too, loaded 
 from .architectures import ENCODER_LAYOUTS, EncoderLayout, get_encoder_layout, parameter_depths, unwrap_model
 from .args import StableTrainingArguments
 from .callback import StableFineTuningCallback
+from .child_tuning import ChildTuningCallback, child_tuning_d_mask, fisher_information
 from .distributed import shutdown_distributed
 from .mixout import apply_mixout, has_mixout, remove_mixout
+from .noisytune import noisytune
 from .optim import StableAdamW
 from .optimizer_factory import StableOptimizerFactory, create_stable_optimizer, stable_optimizer
 from .param_groups import build_param_groups, layerwise_lr_groups, snapshot_parameters
 from .preparation import FineTuningState, get_fine_tuning_state, prepare_model
+from .r3f import r3f_term, symmetric_kl
 from .recipes import RECIPES, STABILITY_RECIPES, Recipe, get_recipe, zhang2021_reinit_layers
 from .reinit import reinit_top_layers
 from .trainer import StableTrainer
@@ -24,6 +27,12 @@ from .transfer import load_intermediate_checkpoint
 from .version import __version__
 
 __all__ = [
+    "ChildTuningCallback",
+    "child_tuning_d_mask",
+    "fisher_information",
+    "noisytune",
+    "r3f_term",
+    "symmetric_kl",
     "ENCODER_LAYOUTS",
     "EncoderLayout",
     "FineTuningState",

@@ -27,7 +27,14 @@ RECIPE_FIELDS: tuple[str, ...] = tuple(sorted({name for recipe in RECIPES.values
 TECHNIQUE_FIELDS: tuple[str, ...] = (
     "adam_bias_correction", "reinit_pooler", "reinit_layers", "layerwise_lr_decay", "pretrained_weight_decay",
     "mixout_prob", "min_train_steps",
+    "noisytune_intensity", "child_tuning_mode", "child_tuning_p", "r3f_lambda", "r3f_eps", "r3f_noise_type",
 )
+
+#: ``child_tuning_mode`` values: ChildTuning_F (task-free) and ChildTuning_D (task-driven), Xu et al. 2021.
+CHILD_TUNING_MODES = ("F", "D")
+
+#: ``r3f_noise_type`` values (Aghajanyan et al. 2021; fairseq's ``--noise-type``).
+R3F_NOISE_TYPES = ("uniform", "normal")
 
 #: ``optim`` values whose update :class:`~hf_stable_ft.StableAdamW` reproduces (torch's AdamW).
 ADAMW_OPTIMS = ("adamw_torch", "adamw_torch_fused")
@@ -164,6 +171,43 @@ class StableTrainingArguments(TrainingArguments):
             "seeds); the run is recorded as aborted, never dropped."
         },
     )
+    noisytune_intensity: float = field(
+        default=0.0,
+        metadata={
+            "help": "NoisyTune lambda >= 0: before fine-tuning, W <- W + U(-lambda/2, lambda/2) * std(W) for every "
+            "pretrained tensor not re-initialised, seeded with seed (Wu et al. 2022; paper default 0.15). "
+            "Pretrained WD and Mixout anchor to the perturbed weights. 0 disables."
+        },
+    )
+    child_tuning_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "ChildTuning (Xu et al. 2021): 'F' masks every gradient with a fresh Bernoulli(child_tuning_p) "
+            "mask each update, rescaled by 1/child_tuning_p; 'D' updates only the top child_tuning_p fraction of "
+            "the transformer-block parameters by Fisher information (one pass over the training data at train "
+            "start). The mask is applied after gradient clipping, to the accumulated gradient. None disables."
+        },
+    )
+    child_tuning_p: float = field(
+        default=0.3,
+        metadata={"help": "ChildTuning's p in (0, 1]: keep probability (F) or kept fraction (D). Default 0.3."},
+    )
+    r3f_lambda: float = field(
+        default=0.0,
+        metadata={
+            "help": "R3F lambda >= 0: add lambda * symmetric KL between the predictions on clean and on noised "
+            "word embeddings (MSE for regression) to the training loss (Aghajanyan et al. 2021). Needs "
+            "StableTrainer; about 2x a step. 0 disables."
+        },
+    )
+    r3f_eps: float = field(
+        default=1e-5,
+        metadata={"help": "R3F noise scale eps > 0: U(-eps, eps) or N(0, eps^2) per embedding element. Default 1e-5."},
+    )
+    r3f_noise_type: str = field(
+        default="uniform",
+        metadata={"help": "R3F noise distribution: 'uniform' (default, as the paper) or 'normal'."},
+    )
 
     def __post_init__(self):
         self._apply_recipe()
@@ -217,6 +261,15 @@ class StableTrainingArguments(TrainingArguments):
         require(integer("diagnostics_steps") and self.diagnostics_steps >= 0, "diagnostics_steps", "an integer >= 0")
         require(_is_finite_number(self.degenerate_check_fraction) and 0 <= self.degenerate_check_fraction < 1,
                 "degenerate_check_fraction", "a float in [0, 1)")
+        require(_is_finite_number(self.noisytune_intensity) and self.noisytune_intensity >= 0,
+                "noisytune_intensity", "a finite float >= 0")
+        require(self.child_tuning_mode is None or self.child_tuning_mode in CHILD_TUNING_MODES,
+                "child_tuning_mode", "None, 'F' (task-free) or 'D' (task-driven)")
+        require(_is_finite_number(self.child_tuning_p) and 0 < self.child_tuning_p <= 1,
+                "child_tuning_p", "a float in (0, 1]")
+        require(_is_finite_number(self.r3f_lambda) and self.r3f_lambda >= 0, "r3f_lambda", "a finite float >= 0")
+        require(_is_finite_number(self.r3f_eps) and self.r3f_eps > 0, "r3f_eps", "a finite float > 0")
+        require(self.r3f_noise_type in R3F_NOISE_TYPES, "r3f_noise_type", "'uniform' or 'normal'")
         # TrainingArguments leaves these to fail (or train to NaN) deep inside the optimizer.
         require(_is_finite_number(self.learning_rate) and self.learning_rate >= 0, "learning_rate", "a finite float >= 0")
         require(_is_finite_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite float >= 0")
@@ -263,6 +316,7 @@ class StableTrainingArguments(TrainingArguments):
         first update, which is also where a missing :class:`~hf_stable_ft.StableFineTuningCallback` is caught.
         """
         self._check_callback_attached()
+        self._check_stable_trainer()
         if self.stability_recipe is not None and 0 < self.warmup_steps < 1:
             return int(num_training_steps * self.warmup_steps)
         return super().get_warmup_steps(num_training_steps)
@@ -276,7 +330,21 @@ class StableTrainingArguments(TrainingArguments):
                 "optimizer_cls_and_kwargs=stable_optimizer(args) to Trainer(...), or use StableTrainer."
             )
 
+    def _check_stable_trainer(self) -> None:
+        needs = self.settings_needing_stable_trainer()
+        if needs and not getattr(self, "_in_stable_trainer", False):
+            raise RuntimeError(
+                f"{', '.join(needs)} changes the training loss, which only StableTrainer's compute_loss applies; the "
+                "stock Trainer (with or without StableFineTuningCallback) would silently train without it. Use "
+                "StableTrainer (hf_stable_ft.StableTrainer), or hf_stable_ft.r3f.r3f_loss in your own compute_loss."
+            )
+
     # -- derived facts
+
+    def settings_needing_stable_trainer(self) -> list[str]:
+        """The settings only :class:`~hf_stable_ft.StableTrainer` applies (they change the loss, which no callback
+        can): R3F."""
+        return [f"r3f_lambda={self.r3f_lambda}"] if self.r3f_lambda > 0 else []
 
     def settings_needing_callback(self) -> list[str]:
         """The settings the stock Trainer ignores unless :class:`~hf_stable_ft.StableFineTuningCallback` runs."""
@@ -284,7 +352,8 @@ class StableTrainingArguments(TrainingArguments):
         for name in ("reinit_pooler", "abort_degenerate_runs"):
             if getattr(self, name):
                 needs.append(f"{name}=True")
-        for name in ("reinit_layers", "mixout_prob", "min_train_steps", "diagnostics_steps", "degenerate_check_fraction"):
+        for name in ("reinit_layers", "mixout_prob", "min_train_steps", "diagnostics_steps", "degenerate_check_fraction",
+                     "noisytune_intensity", "child_tuning_mode"):
             if getattr(self, name):
                 needs.append(f"{name}={getattr(self, name)}")
         if self.auto_reinit_layers:
@@ -363,4 +432,6 @@ class StableTrainingArguments(TrainingArguments):
             or self.auto_reinit_layers
             or self.pretrained_weight_decay > 0
             or self.mixout_prob > 0
+            or self.noisytune_intensity > 0
+            or self.child_tuning_mode == "D"
         )

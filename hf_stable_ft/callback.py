@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from .architectures import ENCODER_LAYOUTS, unwrap_model
 from .args import StableTrainingArguments
+from .child_tuning import ChildTuningCallback
 from .diagnostics import callbacks_from_args
 from .optim import StableAdamW
 from .optimizer_factory import StableOptimizerFactory, _require_state, create_stable_optimizer, stable_optimizer
@@ -91,6 +92,9 @@ class StableFineTuningCallback(TrainerCallback):
         self._loss_kwargs_inferred = _loss_kwargs_inferred(unwrap_model(model))
         self.fine_tuning_state = prepare_model(model, stable_args)
         self._children = callbacks_from_args(stable_args, self.fine_tuning_state)
+        # After the diagnostics, so their per-layer gradient norms are of the unmasked (loss) gradient; it reads
+        # child_tuning_mode from the arguments at each on_train_begin and does nothing when it is None.
+        self._children.append(ChildTuningCallback())
         return self._forward("on_init_end", args, state, control, model=model, **kwargs)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -102,6 +106,7 @@ class StableFineTuningCallback(TrainerCallback):
                 "StableFineTuningCallback was added after the Trainer was built (add_callback), so it never saw "
                 "on_init_end and could not prepare the model; pass it in Trainer(callbacks=[...]) instead."
             )
+        stable_args._check_stable_trainer()  # R3F changes the loss: only StableTrainer applies it
         if model is not None:
             self.fine_tuning_state = _require_state(model, stable_args, "StableFineTuningCallback.on_train_begin")
         if stable_args.uses_stable_optimizer and not isinstance(_unwrap_optimizer(optimizer), StableAdamW):

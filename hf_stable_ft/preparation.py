@@ -1,7 +1,7 @@
 """Model preparation: the model-changing techniques applied once, before the optimizer exists, and recorded.
 
-:func:`prepare_model` composes re-init (Zhang et al. 2021 §5) → snapshot of the starting weights → Mixout
-(Lee et al. 2020) and records what it did in a :class:`FineTuningState`, kept per model in a weak registry
+:func:`prepare_model` composes re-init (Zhang et al. 2021 §5) → NoisyTune (Wu et al. 2022) → snapshot of the
+starting weights → Mixout (Lee et al. 2020) and records what it did in a :class:`FineTuningState`, kept per model in a weak registry
 (:func:`get_fine_tuning_state`) so a model's preparation is found again by every later step.
 """
 
@@ -40,6 +40,8 @@ class FineTuningState:
     initial_parameters: dict[str, torch.Tensor] | None = None
     mixout_layers: list[str] = field(default_factory=list)
     prepared_with: dict = field(default_factory=dict)
+    #: names of the tensors NoisyTune perturbed (``noisytune_intensity > 0``).
+    noisytune_perturbed: list[str] = field(default_factory=list)
 
     #: name prefix of the pretrained encoder (``model.base_model_prefix``, e.g. ``"bert."``); parameters outside
     #: it (the task head) are new, not pretrained.
@@ -76,9 +78,13 @@ def preparation_settings(model: nn.Module, args: StableTrainingArguments) -> dic
     if needs_layers:
         layers = args.resolve_reinit_layers(len(transformer_blocks(task_model, purpose="top-layer re-initialisation")))
     settings = {"reinit_pooler": bool(args.reinit_pooler), "reinit_layers": layers, "mixout_prob": args.mixout_prob,
-                "keeps_starting_weights": args.pretrained_weight_decay > 0 or args.diagnostics_steps > 0}
+                "keeps_starting_weights": args.pretrained_weight_decay > 0 or args.diagnostics_steps > 0
+                or args.child_tuning_mode == "D"}
     if settings["reinit_pooler"] or layers:
         settings["reinit_seed"] = args.seed
+    if args.noisytune_intensity > 0:  # only recorded when on, so older records compare equal
+        settings["noisytune_intensity"] = args.noisytune_intensity
+        settings["noisytune_seed"] = args.seed
     return settings
 
 
@@ -88,8 +94,8 @@ def _same_preparation(done: dict, wanted: dict) -> list[str]:
     for name in sorted(set(done) | set(wanted)):
         if name == "keeps_starting_weights":
             if wanted[name] and not done[name]:
-                differ.append("keeps_starting_weights (pretrained_weight_decay / diagnostics_steps need a snapshot "
-                              "taken before training)")
+                differ.append("keeps_starting_weights (pretrained_weight_decay / diagnostics_steps / "
+                              "child_tuning_mode='D' need a snapshot taken before training)")
         elif done.get(name) != wanted.get(name):
             differ.append(f"{name}: prepared with {done.get(name)!r}, now asked {wanted.get(name)!r}")
     return differ
@@ -99,7 +105,8 @@ def prepare_model(model: nn.Module, args: StableTrainingArguments) -> FineTuning
     """Apply the model-changing techniques of ``args`` to ``model`` in place, once.
 
     Order: re-init (Zhang et al. 2021 §5, seeded with ``args.seed`` through a private generator so the
-    global RNG — data order, dropout — is untouched) → snapshot of the starting weights (pretrained-WD
+    global RNG — data order, dropout — is untouched) → NoisyTune (Wu et al. 2022, on the pretrained tensors that
+    were not re-drawn, same seeding) → snapshot of the starting weights (pretrained-WD
     anchors, diagnostics reference) → Mixout (Lee et al. 2020), whose targets are those starting weights.
     Calling it again with the same settings returns the recorded state without changing anything; with other
     settings (a model prepared by one Trainer handed to a second) it raises ``ValueError`` naming the
@@ -127,6 +134,14 @@ def prepare_model(model: nn.Module, args: StableTrainingArguments) -> FineTuning
         state.reinitialized = reinit_top_layers(
             task_model, state.reinit_layers, reinit_pooler=args.reinit_pooler, seed=args.seed
         )
+    if args.noisytune_intensity > 0:
+        # After re-init (re-drawn tensors are not pretrained and are skipped), before the snapshot: the starting
+        # weights that pretrained WD decays toward, Mixout mixes toward, diagnostics and ChildTuning_D's Fisher pass
+        # measure from are the perturbed ones (see hf_stable_ft.noisytune).
+        from .noisytune import noisytune
+
+        state.noisytune_perturbed = noisytune(task_model, args.noisytune_intensity, seed=args.seed,
+                                              exclude=state.reinitialized)
     if wanted["keeps_starting_weights"]:
         state.initial_parameters = snapshot_parameters(task_model)
     if args.mixout_prob > 0:

@@ -34,7 +34,8 @@ class StableTrainer(Trainer):
     do: ``min_train_steps`` (the stock Trainer fixes the number of updates before any callback runs),
     re-applying the model changes to every model that ``model_init`` creates with each hyper-parameter-search
     trial's own validated values, refusing a resume whose settings differ from the checkpoint's before any
-    state is loaded, and the right loss scaling with gradient accumulation. With none of the optimizer settings
+    state is loaded, the right loss scaling with gradient accumulation, and R3F's term in the loss
+    (``r3f_lambda``; :meth:`compute_loss`). With none of the optimizer settings
     on, a non-AdamW ``optim`` (``sgd``, ``adafactor``, …) is honoured as the stock Trainer would.
     """
 
@@ -99,7 +100,45 @@ class StableTrainer(Trainer):
         # StableTrainingArguments refuses an optimizer setting with a non-AdamW optim at construction.
         return self.args.uses_stable_optimizer or getattr(self.args.optim, "value", self.args.optim) in ADAMW_OPTIMS
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stock loss, plus R3F's ``λ · KL_S(f(x) ‖ f(x + z))`` in training when ``r3f_lambda > 0``
+        (Aghajanyan et al. 2021; see :mod:`hf_stable_ft.r3f`). The term is a per-batch mean like the encoder heads'
+        loss, so the Trainer's 1/gradient_accumulation_steps scaling applies to both; a loss already normalised
+        over the accumulated batch (``compute_loss_func``, ``num_items_in_batch``) is refused rather than mixed."""
+        lam = self.args.r3f_lambda
+        if lam <= 0 or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        from .r3f import r3f_term
+
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        if scaled:
+            raise RuntimeError(
+                f"r3f_lambda={lam} adds a per-batch mean to the loss, but this Trainer's loss is normalised over the "
+                "accumulated batch (compute_loss_func, or a model that consumes num_items_in_batch); the two would be "
+                "scaled differently under gradient accumulation. Drop compute_loss_func / set "
+                "model.accepts_loss_kwargs = False, or r3f_lambda=0."
+            )
+        label_names = tuple(self.label_names or ("labels",))
+        clean_inputs = dict(inputs)  # super() pops the labels when it computes the loss itself
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        clean_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        loss = loss + lam * r3f_term(model, clean_inputs, clean_logits, eps=self.args.r3f_eps,
+                                     noise_type=self.args.r3f_noise_type, label_names=label_names)
+        return (loss, outputs) if return_outputs else loss
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # Tells StableTrainingArguments that the loss-changing settings (R3F) are applied: the stock Trainer with the
+        # same arguments is refused when it builds its schedule.
+        previous = getattr(self.args, "_in_stable_trainer", False)
+        self.args._in_stable_trainer = True
+        try:
+            return self._train_with_floor(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.args._in_stable_trainer = previous
+
+    def _train_with_floor(self, resume_from_checkpoint=None, *args, **kwargs):
         self._check_resume_settings(resume_from_checkpoint)
         floor = self.args.min_train_steps
         # An explicit max_steps is what the user asked for; StableTrainingArguments refuses one below an explicit
