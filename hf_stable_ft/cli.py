@@ -2,54 +2,174 @@
 
 Every ``StableTrainingArguments`` / ``TrainingArguments`` field is accepted as a flag
 (``--reinit_layers 2``, ``--learning_rate 1e-4``, ...) and parsed by ``HfArgumentParser``; ``--config FILE``
-reads the same fields from YAML (safe loader) or JSON, with flags winning over the file. Only the fields you
-give count as explicit, so a ``--stability_recipe`` fills in everything else.
+reads the same fields from YAML (safe loader) or JSON, with flags winning over the file; each value is converted
+exactly as its flag would be (``learning_rate: 2e-5``, ``adam_bias_correction: "false"``). Only the fields you
+give count as explicit, so a ``--stability_recipe`` fills in everything else. ``train --resume_from_checkpoint
+DIR`` (or ``true``: the last checkpoint in ``--output_dir``) continues a checkpointed run.
+
+A bad input (a value, a file, a model, an output directory) is refused before any work with one line on stderr,
+``hf-stable-ft COMMAND: error: ...``, and exit code 2; ``HF_STABLE_FT_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
+import os
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .args import STABILITY_RECIPES, StableTrainingArguments
 
 __all__ = ["main", "parse_training_flags"]
 
 
-def _training_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(StableTrainingArguments, add_help=False)
+class _TrainingFlagParser(HfArgumentParser):
+    """``HfArgumentParser`` whose errors are one line (not the usage of every ``TrainingArguments`` field)."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            known = [option for action in self._actions for option in action.option_strings]
+            given = [token.split("=", 1)[0] for token in message.split(":", 1)[1].split() if token.startswith("--")]
+            close = sorted({match for token in given for match in difflib.get_close_matches(token, known, n=2)})
+            if close:
+                message += f" (did you mean {' or '.join(close)}?)"
+            message += "; every StableTrainingArguments / TrainingArguments field is a flag: --FIELD VALUE"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _training_parser(prog: str = "hf-stable-ft") -> HfArgumentParser:
+    parser = _TrainingFlagParser(StableTrainingArguments, add_help=False, prog=prog)
+    # HfArgumentParser adds ``--no_FIELD`` only for a literal ``True`` default; a recipe-controlled boolean whose
+    # default stands behind a marker (``adam_bias_correction``) keeps its documented ``--no_`` flag here.
+    options = {option for action in parser._actions for option in action.option_strings}
+    hints = typing.get_type_hints(StableTrainingArguments)
+    for item in dataclasses.fields(StableTrainingArguments):
+        default = getattr(item.default, "value", item.default)
+        if default is True and _allows(hints.get(item.name), bool) and f"--no_{item.name}" not in options:
+            parser.add_argument(f"--no_{item.name}", f"--no-{item.name.replace('_', '-')}", action="store_false",
+                                dest=item.name, help=f"set {item.name} to False")
     for action in parser._actions:
         action.default = argparse.SUPPRESS
         action.required = False
     return parser
 
 
-def parse_training_flags(argv: list[str], config_file: str | None = None) -> dict[str, Any]:
+def _allows(hint: Any, kind: type) -> bool:
+    """Whether the type annotation ``hint`` admits values of ``kind`` (``X | None``, ``dict[str, bool]``, ...)."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(member is kind or typing.get_origin(member) is kind for member in members)
+
+
+def _expected(action: argparse.Action) -> str:
+    if action.choices is not None:
+        return "one of " + ", ".join(str(choice) for choice in action.choices)
+    if action.type is string_to_bool:
+        return "true or false (also yes/no, 1/0)"
+    kind = getattr(action.type, "__name__", "string") if action.type is not None else "string"
+    return f"a list of {kind} values" if action.nargs in ("+", "*") else f"one {kind} value"
+
+
+def _config_value(parser: HfArgumentParser, action: argparse.Action, hint: Any, value: Any, where: str) -> Any:
+    """``value`` of a config file converted as ``--FIELD value`` would be (type, booleans, choices, nargs)."""
+    if value is None:
+        if _allows(hint, type(None)):
+            return None
+        raise ValueError(f"{where}: null is not allowed; expected {_expected(action)}")
+    if isinstance(value, dict):
+        if _allows(hint, dict):
+            return value
+        raise ValueError(f"{where}: a mapping ({value!r}) is not allowed; expected {_expected(action)}")
+    if isinstance(value, list):
+        if action.nargs not in ("+", "*"):
+            raise ValueError(f"{where}: a list ({value!r}) is not allowed; expected {_expected(action)}")
+        if not value and action.nargs == "+":
+            raise ValueError(f"{where}: an empty list is not allowed; expected {_expected(action)}")
+        items = value
+    else:
+        items = [value]
+    strings = []
+    for item in items:
+        if isinstance(item, bool):
+            strings.append("true" if item else "false")
+        elif isinstance(item, (str, int, float)):
+            strings.append(str(item))  # str(2e-05) == "2e-05": a native float converts back exactly
+        else:
+            raise ValueError(f"{where}: {item!r} ({type(item).__name__}) is not allowed; expected {_expected(action)}")
+    try:
+        return parser._get_values(action, strings)
+    except (argparse.ArgumentError, ValueError) as error:
+        message = getattr(error, "message", str(error))
+        raise ValueError(f"{where}: {message}; expected {_expected(action)}") from None
+
+
+def _read_config(path: Path) -> Any:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {path}: not UTF-8 text (byte offset {error.start}); re-save it as UTF-8") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--config {path}: not valid JSON ({error.msg} at line {error.lineno}, column "
+                             f"{error.colno})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise _ConfigYAMLError(f"--config {path}: not valid YAML (safe loader): {error}") from None
+
+
+class _ConfigYAMLError(yaml.YAMLError, ValueError):
+    """A ``--config`` file the safe YAML loader refuses (e.g. ``!!python/object`` tags)."""
+
+
+def _config_values(path: Path) -> dict[str, Any]:
+    """The fields of a ``--config`` file, each converted exactly as its flag would be."""
+    loaded = _read_config(path)
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {path} must hold a mapping of StableTrainingArguments fields (field: value)")
+    parser = _training_parser()
+    actions = {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
+    unknown = sorted(str(name) for name in loaded if name not in actions)
+    if unknown:
+        close = sorted({m for name in unknown for m in difflib.get_close_matches(name, list(actions), n=2)})
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"--config {path}: unknown fields {unknown}{hint}; the keys are StableTrainingArguments / "
+                         "TrainingArguments field names")
+    hints = typing.get_type_hints(StableTrainingArguments)
+    return {name: _config_value(parser, actions[name], hints.get(name), value, f"--config {path}: {name}")
+            for name, value in loaded.items()}
+
+
+def parse_training_flags(argv: list[str], config_file: str | None = None, *, prog: str = "hf-stable-ft"
+                         ) -> dict[str, Any]:
     """The ``StableTrainingArguments`` fields given in ``argv`` (and ``config_file``), converted to their types.
 
-    Unknown flags raise a ``SystemExit`` naming them, as argparse does.
+    A config value is converted exactly as the same ``--FIELD value`` flag (``"2e-5"``, ``"false"``, ``"yes"``,
+    ``0``/``1`` for booleans, choices); native YAML/JSON values of the field's type work too, ``null`` only for
+    ``Optional`` fields. A value of the wrong type raises a ``ValueError`` naming the field and the file.
+    Unknown flags and bad flag values raise a ``SystemExit`` (code 2) after one line on stderr, as argparse does.
     """
     values: dict[str, Any] = {}
     if config_file:
         path = Path(config_file)
-        if not path.exists():
-            raise FileNotFoundError(f"--config {path} does not exist")
-        text = path.read_text()
-        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {path} must hold a mapping of StableTrainingArguments fields")
-        known = {action.dest for action in _training_parser()._actions}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"--config {path}: unknown fields {unknown}")
-        values.update(loaded)
-    namespace = _training_parser().parse_args(argv)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path} does not exist" if not path.exists() else
+                                    f"--config {path} is not a file")
+        values.update(_config_values(path))
+    namespace = _training_parser(prog).parse_args(argv)
     values.update(vars(namespace))
     return values
 
@@ -64,14 +184,61 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON file of StableTrainingArguments fields")
 
 
-def _seeds(text: str) -> list[int]:
-    """``20`` → 0..19; ``3-7`` → 3..7; ``1,5,9`` → those."""
+class _FlagValueError(argparse.ArgumentTypeError, ValueError):
+    """A bad flag value: argparse prints it as ``argument --flag: message`` (exit code 2); called directly it is
+    a ValueError."""
+
+
+_SEEDS_ALLOWED = ("N (seeds 0..N-1, N >= 1), A-B (seeds A..B, 0 <= A <= B) or distinct integers >= 0 separated by "
+                  "commas (e.g. 5, 3-7, 1,5,9)")
+
+
+def _seeds(text) -> list[int]:
+    """``20`` → 0..19; ``3-7`` → 3..7; ``1,5,9`` → those (distinct). Anything else: an error naming the forms."""
+    if isinstance(text, list):  # already parsed (argparse's type= and the caller both pass through here)
+        return text
+
+    def number(part: str) -> int:
+        if not (part.strip().isascii() and part.strip().isdigit()):
+            raise _FlagValueError(f"invalid seeds {text!r}; allowed: {_SEEDS_ALLOWED}")
+        return int(part)
+
     if "," in text:
-        return [int(s) for s in text.split(",")]
-    if "-" in text:
-        first, last = text.split("-")
-        return list(range(int(first), int(last) + 1))
-    return list(range(int(text)))
+        seeds = [number(part) for part in text.split(",")]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise _FlagValueError(f"invalid seeds {text!r}: {', '.join(map(str, repeated))} given twice (the pair "
+                                  f"would be trained twice); allowed: {_SEEDS_ALLOWED}")
+        return seeds
+    if "-" in text.strip()[1:]:
+        first, _, last = text.strip().partition("-")
+        first, last = number(first), number(last)
+        if first > last:
+            raise _FlagValueError(f"invalid seeds {text!r}: the range is empty ({first} > {last}); allowed: "
+                                  f"{_SEEDS_ALLOWED}")
+        return list(range(first, last + 1))
+    count = number(text)
+    if count < 1:
+        raise _FlagValueError(f"invalid seeds {text!r}: no seed to run; allowed: {_SEEDS_ALLOWED}")
+    return list(range(count))
+
+
+def _positive_int(text) -> int:
+    """An integer >= 1 (``--evaluations``, ``demo --seeds``)."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise _FlagValueError(f"invalid value {text!r}; allowed: an integer >= 1")
+    return value
+
+
+def _fail(command: str, error: BaseException) -> None:
+    """A refused command: one line on stderr, exit code 2."""
+    message = " ".join(str(error).split())
+    print(f"hf-stable-ft {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _label_map(text: str | None) -> dict[str, str] | None:
@@ -95,12 +262,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_options(sweep)
     sweep.add_argument("--recipes", default="devlin2019,mosbach2021,zhang2021",
                        help=f"comma-separated: {', '.join(STABILITY_RECIPES)}, stock, or label=base:field=value:...")
-    sweep.add_argument("--seeds", default="5", help="N (0..N-1), A-B, or a comma list")
+    sweep.add_argument("--seeds", type=_seeds, default="5", help="N (0..N-1), A-B, or a comma list of distinct seeds")
     sweep.add_argument("--output", required=True, help="sweep directory")
-    sweep.add_argument("--evaluations", type=int, default=10, help="evaluations per run")
+    sweep.add_argument("--evaluations", type=_positive_int, default=10, help="evaluations per run (>= 1)")
     sweep.add_argument("--label-map", default=None, help="start from an intermediate checkpoint: source=target,...")
-    sweep.add_argument("--resume", action="store_true", help="add runs to a directory that holds a different sweep")
-    sweep.add_argument("--overwrite", action="store_true", help="delete the directory's previous runs first")
+    sweep.add_argument("--resume", action="store_true",
+                       help="add runs to a directory that holds a different sweep (labels that already have runs "
+                            "must keep their settings: give new settings a new label)")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="start over: the previous records are moved aside to runs.jsonl.bak-<time>, not deleted")
     sweep.add_argument("--report", action="store_true", help="write the report when the sweep ends")
 
     transfer = commands.add_parser("transfer", help="intermediate task (e.g. MNLI) then the target task")
@@ -109,7 +279,7 @@ def _build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--intermediate-train-size", type=int, default=None)
     transfer.add_argument("--label-map", default="entailment=entailment,neutral=not_entailment,contradiction=not_entailment")
     transfer.add_argument("--recipe", default="mosbach2021", help="recipe of both stages (preset, stock or variant)")
-    transfer.add_argument("--seeds", default="1", help="target-stage seeds")
+    transfer.add_argument("--seeds", type=_seeds, default="1", help="target-stage seeds")
     transfer.add_argument("--evaluations", type=int, default=10, help="evaluations per run, in each stage")
     transfer.add_argument("--output", required=True)
 
@@ -126,7 +296,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "stock = Trainer defaults), 189 updates and 5 evaluations per run; about 10 minutes on an idle "
                     "2-core CPU. The report goes to OUTPUT/report.md.")
     demo.add_argument("--task", default="cola", help="default cola: on the embedded model the effect shows there (see BENCHMARKS.md)")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds per recipe (default 3)")
+    demo.add_argument("--seeds", type=_positive_int, default=None, help="seeds per recipe (default 3)")
     demo.add_argument("--train-size", type=int, default=None, help="training examples (default 1000)")
     demo.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     demo.add_argument("--output", default="demo_output")
@@ -153,36 +323,61 @@ def _sweep_config(options, training: dict[str, Any], recipes: list[str], seeds: 
     )
 
 
+#: What a bad input raises (a value, a missing or unreadable file, a model that cannot be loaded, a missing
+#: optional package): the CLI prints it as one line and exits with code 2. Anything else (TypeError, KeyError,
+#: RuntimeError, ...) is a bug or a failure during training and keeps its traceback; HF_STABLE_FT_TRACEBACK=1
+#: shows the traceback of every error.
+_USER_ERRORS = (ValueError, OSError, ImportError, yaml.YAMLError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     options, rest = parser.parse_known_args(argv)
+    try:
+        return _run(parser, options, rest)
+    except _USER_ERRORS as error:
+        if isinstance(error, ModuleNotFoundError) or os.environ.get("HF_STABLE_FT_TRACEBACK", "") not in ("", "0"):
+            raise
+        _fail(options.command, error)
+
+
+def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: list[str]) -> int:
     if options.command in ("report", "demo") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    training = parse_training_flags(rest, getattr(options, "config", None)) if options.command in (
-        "train", "sweep", "transfer") else {}
+    training = parse_training_flags(rest, getattr(options, "config", None), prog=f"hf-stable-ft {options.command}"
+                                    ) if options.command in ("train", "sweep", "transfer") else {}
 
     if options.command == "report":
         from .report import write_report
 
-        path = write_report(options.directory, baseline_recipe=options.baseline, figures=not options.no_figures,
-                            skip_corrupt=options.skip_corrupt)
+        try:
+            path = write_report(options.directory, baseline_recipe=options.baseline, figures=not options.no_figures,
+                                skip_corrupt=options.skip_corrupt)
+        except (ValueError, FileNotFoundError) as error:
+            _fail("report", error)
         print(f"report written to {path}")
         return 0
 
     if options.command == "demo":
         from .demo import run_demo
 
-        run_demo(task=options.task, seeds=options.seeds, train_size=options.train_size, device=options.device,
-                 output=options.output, data_dir=options.data_dir)
+        try:
+            run_demo(task=options.task, seeds=options.seeds, train_size=options.train_size, device=options.device,
+                     output=options.output, data_dir=options.data_dir)
+        except ValueError as error:
+            _fail("demo", error)
         return 0
 
     if options.command == "sweep":
-        from .experiment import run_sweep
+        from .experiment import SweepDirectoryLocked, run_sweep
 
-        config = _sweep_config(options, training, options.recipes.split(","), _seeds(options.seeds),
-                               label_map=_label_map(options.label_map))
-        path = run_sweep(config, options.output, resume=options.resume, overwrite=options.overwrite)
+        try:
+            config = _sweep_config(options, training, options.recipes.split(","), _seeds(options.seeds),
+                                   label_map=_label_map(options.label_map))
+            path = run_sweep(config, options.output, resume=options.resume, overwrite=options.overwrite)
+        except (ValueError, FileNotFoundError, SweepDirectoryLocked) as error:
+            _fail("sweep", error)
         print(f"runs recorded in {path}")
         if options.report:
             from .report import write_report

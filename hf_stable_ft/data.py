@@ -34,7 +34,9 @@ seed and returned in file order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -301,39 +303,74 @@ def _empty_columns(info: GlueTaskInfo) -> dict[str, list]:
     return {column: [] for column in (*info.text_columns, "label", "idx")}
 
 
+def _read_text(path: Path, encoding: str = "utf-8-sig") -> str:
+    """The whole file as text; a file that is not UTF-8 is a :class:`GlueFormatError` naming its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise GlueFormatError(
+            path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {exc.start}); GLUE files are "
+            f"UTF-8: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > {path.name}.utf8)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _no_csv_field_limit():
+    """Lift ``csv``'s process-wide 128 KiB field limit while a GLUE file is read (a long text is read whole and
+    truncated by the tokenizer like any other), then put the caller's limit back."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _read_tsv(path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, list]:
     """Read one GLUE TSV file (``csv`` with ``QUOTE_NONE``: GLUE sentences contain bare quotes)."""
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        with _no_csv_field_limit():
+            return _read_tsv_rows(reader, path, fmt, info)
+    except csv.Error as exc:
+        raise GlueFormatError(path, reader.line_num, f"cannot read the TSV row ({exc}); expected {fmt.describe()}") from None
+
+
+def _read_tsv_rows(reader, path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, list]:
     out = _empty_columns(info)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = fmt.columns
-        if header is None:
-            header = tuple(next(reader, ()))
-            missing = [name for name in (*fmt.text, fmt.label, *((fmt.idx,) if fmt.idx else ())) if name not in header]
-            if missing:
-                raise GlueFormatError(
-                    path, 1, f"header {list(header)} lacks column(s) {missing}; expected {fmt.describe()}"
-                )
-        position = {name: i for i, name in enumerate(header)}
-        for row in reader:
-            if not row:  # blank line (e.g. a trailing newline)
-                continue
-            line = reader.line_num
-            if len(row) != len(header):
-                raise GlueFormatError(
-                    path, line, f"expected {len(header)} tab-separated columns ({' | '.join(header)}), found {len(row)}"
-                )
-            for column, name in zip(info.text_columns, fmt.text, strict=True):
-                out[column].append(row[position[name]])
-            out["label"].append(_parse_label(row[position[fmt.label]], info, path, line))
-            out["idx"].append(_parse_idx(row[position[fmt.idx]], path, line) if fmt.idx else len(out["idx"]))
+    header = fmt.columns
+    if header is None:
+        header = tuple(next(reader, ()))
+        if not header:
+            raise GlueFormatError(path, None, f"no examples: the file is empty; expected {fmt.describe()}")
+        missing = [name for name in (*fmt.text, fmt.label, *((fmt.idx,) if fmt.idx else ())) if name not in header]
+        if missing:
+            raise GlueFormatError(
+                path, 1, f"header {list(header)} lacks column(s) {missing}; expected {fmt.describe()}"
+            )
+    position = {name: i for i, name in enumerate(header)}
+    for row in reader:
+        if not row:  # blank line (e.g. a trailing newline)
+            continue
+        line = reader.line_num
+        if len(row) != len(header):
+            raise GlueFormatError(
+                path, line, f"expected {len(header)} tab-separated columns ({' | '.join(header)}), found {len(row)}"
+            )
+        for column, name in zip(info.text_columns, fmt.text, strict=True):
+            out[column].append(row[position[name]])
+        out["label"].append(_parse_label(row[position[fmt.label]], info, path, line))
+        out["idx"].append(_parse_idx(row[position[fmt.idx]], path, line) if fmt.idx else len(out["idx"]))
     return out
 
 
 def _read_jsonl(path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, list]:
     """Read JSON lines ``{idx, premise, hypothesis, label}`` (the ``MNLI_subset`` layout)."""
     out = _empty_columns(info)
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(_read_text(path)) as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -403,7 +440,11 @@ def _read_file(path: Path, key: str):
     layout = _LAYOUTS[key]
     info = get_task_info(key)
     reader = _read_jsonl if layout.format.jsonl else _read_tsv
-    return _to_dataset(reader(path, layout.format, info), info)
+    columns = reader(path, layout.format, info)
+    if not columns["label"]:
+        raise GlueFormatError(path, None, "no examples: the file is empty or holds only its header row; expected "
+                              f"{layout.format.describe()} with at least one example")
+    return _to_dataset(columns, info)
 
 
 _HUB_TEXT_COLUMNS = {
@@ -481,7 +522,8 @@ def _load_sources(key: str, data_dir: str | os.PathLike | None) -> dict[str, Any
     if root is None:
         return _load_hub_splits(key)
     layout = _LAYOUTS[key]
-    out = {split: _read_file(_split_file(root, key, split), key) for split in layout.files}
+    files = {split: _split_file(root, key, split) for split in layout.files}  # every file found before any is read
+    out = {split: _read_file(path, key) for split, path in files.items()}
     folder = _task_folder(root, key)
     for name, file_name in layout.extra_dev.items():
         if (folder / file_name).is_file():
@@ -681,6 +723,14 @@ def load_glue_task(
         splits = _glue_protocol(sources, info, train_size, seed)
     else:
         splits = _zhang2021_protocol(sources, info, train_size, seed, split_seed)
+    empty = [name for name, split in splits.items() if len(split) == 0]
+    if empty:
+        sizes = ", ".join(f"{name} {len(data)}" for name, data in sources.items())
+        raise ValueError(
+            f"{info.name}: the {protocol!r} protocol leaves the {', '.join(empty)} split(s) with no examples (the "
+            f"files hold {sizes} examples); give more examples (zhang2021 halves GLUE dev per class) or use "
+            "protocol 'glue'"
+        )
     result = datasets.DatasetDict(splits)
     if tokenizer is not None:
         result = tokenize_glue(result, tokenizer, key, max_length)

@@ -62,7 +62,7 @@ def run_demo(task: str = "cola", seeds: int | None = None, train_size: int | Non
     from transformers import logging as hf_logging
 
     from .experiment import DEFAULT_MODEL, SweepConfig, run_sweep
-    from .report import write_report
+    from .report import load_summary, verdict, write_report
 
     seeds = 3 if seeds is None else seeds
     train_size = 1000 if train_size is None else train_size
@@ -89,8 +89,8 @@ def run_demo(task: str = "cola", seeds: int | None = None, train_size: int | Non
         print(busy, file=sys.stderr, flush=True)
     run_sweep(config, output)
     report = write_report(output, baseline_recipe="devlin2019")
-    summary = (Path(output) / "summary.json")
-    print(_verdict_lines(report))
+    summary = Path(output) / "summary.json"
+    print(verdict(load_summary(output)))
     print(f"\nReport: {report.resolve()}\nSummary: {summary.resolve()}")
     return report
 
@@ -107,13 +107,3 @@ def _busy_cpu_note(device: str | None) -> str | None:
     return (f"Note: this CPU is already busy (1-minute load {load:.1f} on {cores} cores). The demo's ≈66 s per run "
             f"was timed on an idle 2-core machine; next to other training processes each run can take many times "
             f"longer. Lower --seeds / --train-size, or run it when the machine is idle.")
-
-
-def _verdict_lines(report: Path) -> str:
-    """The report's plain-language verdict (its ``## Verdict`` section)."""
-    text = report.read_text()
-    start = text.find("## Verdict")
-    if start < 0:
-        return ""
-    end = text.find("\n## ", start + 3)
-    return text[start: end if end > 0 else None].strip()

@@ -4,7 +4,15 @@ A sweep runs every (recipe, seed) pair once and appends one JSON line per finish
 ``DIR/runs.jsonl`` (the schema :mod:`hf_stable_ft.report` reads). The data are tokenised once per sweep
 and the pretrained weights are read from disk once; each run rebuilds its model from a CPU copy of the
 state dict. Lines are written whole and fsynced, so a killed sweep leaves no half-written record and a
-re-run skips the finished pairs.
+re-run skips the finished pairs and retries the failed ones (their failed records stay in the file).
+
+Before anything is written, a sweep validates everything it will need — the seeds, every recipe combined with
+the shared training flags (each run's arguments are built), the data and the model — so a bad command leaves
+the directory as it was. The directory is locked by the sweep's driver (``DIR/.sweep.lock``): a second sweep
+into it is refused while the first runs; a lock left by a killed driver is detected and taken over. Every
+record carries the settings it was trained with (``sweep_settings``), and a recipe label stands for one setting:
+``--resume`` with other shared settings is refused for labels that already have runs. ``overwrite`` moves the
+previous records aside (``runs.jsonl.bak-<time>``, ``sweep.json.bak-<time>``); nothing is deleted.
 
 Recipes are named presets of :data:`hf_stable_ft.STABILITY_RECIPES`, ``stock`` (the stock ``Trainer`` with
 ``TrainingArguments`` defaults — what users run today), or variants written
@@ -21,6 +29,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -44,7 +53,8 @@ from .args import STABILITY_RECIPES, StableTrainingArguments
 from .callback import get_fine_tuning_state
 from .data import get_task_info, load_glue_task
 from .metrics import constant_prediction_loss, glue_compute_metrics, majority_baseline
-from .stats import degenerate_run
+from .records import RUNS_FILE, RunRecord, append_record, latest_by_run_id, read_records
+from .records import json_safe as _json_safe
 from .trainer import StableTrainer
 
 __all__ = [
@@ -57,13 +67,14 @@ __all__ = [
     "run_single",
     "run_sweep",
     "read_finished_runs",
+    "SweepDirectoryLocked",
 ]
 
 logger = logging.getLogger(__name__)
 
 STOCK = "stock"
-RUNS_FILE = "runs.jsonl"
 SWEEP_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
 
 
 def default_model() -> str:
@@ -159,7 +170,9 @@ class SweepConfig:
     """Everything that defines a sweep; stored as ``DIR/sweep.json`` to detect a different sweep's directory.
 
     ``training`` holds ``StableTrainingArguments`` fields shared by every run (e.g. batch size,
-    ``diagnostics_steps``); a recipe's own values win over them, except ``seed``.
+    ``diagnostics_steps``); a recipe's own values win over them, except ``seed``. Construction validates the
+    seeds (distinct integers >= 0, at least one), ``evaluations_per_run`` (an integer >= 1) and ``recipes``
+    (non-empty); :func:`run_sweep` validates the rest before anything is written.
     """
 
     task: str
@@ -174,12 +187,49 @@ class SweepConfig:
     label_map: dict[str, str] | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        _check_seeds(self.seeds)
+        evaluations = self.evaluations_per_run
+        if not _is_int(evaluations) or evaluations < 1:
+            raise ValueError(f"evaluations_per_run={evaluations!r} is invalid; allowed: an integer >= 1")
+        if isinstance(self.recipes, str) or not self.recipes:
+            raise ValueError(f"recipes={self.recipes!r} is invalid; allowed: a non-empty list of recipe names")
+        self.seeds = list(self.seeds)
+        self.recipes = list(self.recipes)
+
     def identity(self) -> dict[str, Any]:
         """The settings that make two sweeps the same sweep (seeds may grow; data_dir may move)."""
         values = dataclasses.asdict(self)
         values.pop("seeds")
         values.pop("data_dir")
         return values
+
+    def shared_settings(self) -> dict[str, Any]:
+        """What every run of the sweep shares (the identity without the recipe list): stored in each record."""
+        values = self.identity()
+        values.pop("recipes")
+        return _json_safe(values)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_seeds(seeds: Any) -> None:
+    """Seeds of a sweep: a non-empty list of distinct integers >= 0 (a seed twice would train one pair twice)."""
+    allowed = "a non-empty list of distinct integers >= 0"
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise ValueError(f"seeds={seeds!r} is invalid; allowed: {allowed}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"seeds=[] is invalid (no run to do); allowed: {allowed}")
+    bad = [s for s in seeds if not _is_int(s) or s < 0]
+    if bad:
+        raise ValueError(f"seeds={seeds!r} is invalid ({bad[0]!r}); allowed: {allowed}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds={seeds!r} is invalid: {', '.join(map(str, repeated))} given more than once (the pair "
+                         f"would be trained twice); allowed: {allowed}")
 
 
 @dataclasses.dataclass
@@ -196,16 +246,93 @@ class PreparedTask:
     model_source: str
 
 
-def resolve_model(model: str | None) -> str:
-    """A model path or Hub name; ``None`` or :data:`DEFAULT_MODEL` give the embedded MiniLM."""
-    return default_model() if model in (DEFAULT_MODEL, "", None) else model
+#: A Hub model id: ``name`` or ``owner/name``. Anything else that is not a directory is a missing local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_MODEL_HELP = "pass a saved model directory (one holding config.json) or a Hub model name such as bert-base-uncased"
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """A model path or Hub name; ``None`` or :data:`DEFAULT_MODEL` give the embedded MiniLM.
+
+    A local path is checked here (it must be a directory holding ``config.json``), so a missing one is a
+    ``FileNotFoundError`` naming it, not the Hub's complaint about repository ids.
+    """
+    if model in (DEFAULT_MODEL, "", None):
+        return default_model()
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--model {text}: {path} holds no config.json, so it is not a saved model; "
+                                    f"{_MODEL_HELP}")
+        return str(path)
+    if path.exists():
+        raise FileNotFoundError(f"--model {text}: {path} is a file, not a model directory; {_MODEL_HELP}")
+    if not _HUB_ID.match(text) or text.endswith((".", "-")) or ".." in text:
+        raise FileNotFoundError(f"--model {text}: no such directory; {_MODEL_HELP}")
+    return text
+
+
+#: Files one of which a saved tokenizer has; transformers 5 builds an empty-vocabulary tokenizer from a model
+#: directory without any (every word then becomes [UNK], silently).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model", "tokenizer.model", "spm.model")
+
+
+def _load_tokenizer(source: str):
+    path = Path(source)
+    if path.is_dir() and not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"--model {source}: {path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, "
+                                "...); save the tokenizer beside the model (tokenizer.save_pretrained(DIR)) or pass a "
+                                "model directory that has one")
+    return _from_model(lambda: AutoTokenizer.from_pretrained(source), source, "tokenizer")
+
+
+def _position_limit(tokenizer, config) -> int | None:
+    """The longest input the model takes: its position embeddings (``max_position_embeddings``), or the
+    tokenizer's ``model_max_length`` where that is the same less the position offset (RoBERTa: 514 and 512)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    stated = getattr(tokenizer, "model_max_length", None)
+    stated = stated if isinstance(stated, int) and 0 < stated < 10**6 else None
+    if not (isinstance(positions, int) and positions > 0):
+        return stated
+    return stated if stated is not None and positions - 2 <= stated <= positions else positions
+
+
+def _check_lengths(datasets, tokenizer, config, max_length: int) -> None:
+    """Refuse, before training, examples longer than the model takes (``--max-length`` above its positions);
+    they would crash the first batch that holds one."""
+    limit = _position_limit(tokenizer, config)
+    if limit is None or max_length <= limit:
+        return  # truncation to max_length already keeps every example inside the model
+    for split, data in datasets.items():
+        if "input_ids" not in data.column_names:
+            continue
+        longest = max((len(ids) for ids in data["input_ids"][:]), default=0)
+        if longest > limit:
+            raise ValueError(f"--max-length {max_length}: the {split} split has examples of {longest} tokens but the "
+                             f"model takes at most {limit}; pass --max-length {limit} or less")
+
+
+def _from_model(load, source: str, what: str):
+    """``load()`` (a ``from_pretrained``); a failure to find or read the model becomes one ``OSError`` naming
+    ``--model``, whatever huggingface_hub / transformers raised."""
+    try:
+        return load()
+    except (OSError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[0].rstrip(".") if lines else type(error).__name__
+        where = "the local directory" if Path(source).is_dir() else "the Hub (not a local directory)"
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+        raise OSError(f"--model {source}: cannot load the {what} from {where}{offline}: {reason}; {_MODEL_HELP}"
+                      ) from error
 
 
 def prepare_task(config: SweepConfig) -> PreparedTask:
     """Load the tokenizer, the data (tokenised once) and the pretrained weights (read once, kept on CPU)."""
     info = get_task_info(config.task)
     source = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = _load_tokenizer(source)
     datasets = load_glue_task(
         config.task, data_dir=config.data_dir, tokenizer=tokenizer, max_length=config.max_length,
         train_size=config.train_size, seed=0, protocol=config.protocol,
@@ -217,13 +344,14 @@ def prepare_task(config: SweepConfig) -> PreparedTask:
                                              dtype=torch.float32)
         pretrained = model.state_dict()
     else:
-        model, loading = AutoModelForSequenceClassification.from_pretrained(
+        model, loading = _from_model(lambda: AutoModelForSequenceClassification.from_pretrained(
             source, **info.model_kwargs(), output_loading_info=True, dtype=torch.float32, ignore_mismatched_sizes=True
-        )
+        ), source, "model")
         mismatched = {item[0] if isinstance(item, (tuple, list)) else item for item in loading.get("mismatched_keys", [])}
         fresh = set(loading["missing_keys"]) | mismatched
         # Only weights that came from the checkpoint; the task head is drawn per run from the run's seed.
         pretrained = {k: v for k, v in model.state_dict().items() if k not in fresh}
+    _check_lengths(datasets, tokenizer, model.config, config.max_length)
     pretrained = {k: v.detach().to("cpu", copy=True) for k, v in pretrained.items()}
     train_labels = datasets["train"]["label"]
     majority_label = None if info.is_regression else int(torch.tensor(train_labels).bincount().argmax())
@@ -268,20 +396,53 @@ def _eval_history(log_history: list[dict], primary: str, splits: Iterable[str]) 
     return [points[step] for step in sorted(points)]
 
 
-def _train_loss(log_history: list[dict]) -> list[list[float]]:
-    return [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry and "step" in entry]
+def _loss_value(value: Any) -> Any:
+    """A logged loss for JSON: a finite float as is, a non-finite one as the string "nan", "inf" or "-inf"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+def _train_loss(log_history: list[dict]) -> list[list[Any]]:
+    """``[[step, loss], ...]``; a non-finite loss is kept as "nan" / "inf" / "-inf" (JSON has no NaN)."""
+    return [[entry["step"], _loss_value(entry["loss"])] for entry in log_history if "loss" in entry and "step" in entry]
+
+
+def _first_nonfinite_loss_step(log_history: list[dict]) -> int | None:
+    """The first logged step whose training loss is NaN or infinite, else None."""
+    for entry in log_history:
+        loss = entry.get("loss")
+        if "step" in entry and isinstance(loss, float) and not math.isfinite(loss):
+            return entry["step"]
+    return None
+
+
+def _run_arguments(recipe: RecipeSpec, seed: int, output_dir: str | os.PathLike, training: dict[str, Any] | None,
+                   evaluations_per_run: int, primary_metric: str, save_best: bool = False) -> TrainingArguments:
+    """The (validated) arguments of one sweep run: the sweep's defaults, the shared ``training`` flags, the
+    recipe's fields and the run's evaluation schedule. A sweep builds them for every recipe before its first run."""
+    common = {
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 64,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        # the Trainer would log a NaN/inf loss as the mean of the earlier ones (0.0 from the first step on when
+        # the weights turned NaN); a run record keeps it as it was (unless the shared flags ask for the filter)
+        "logging_nan_inf_filter": False,
+        **(training or {}),
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "eval_strategy": "steps",
+        # a ratio of the run; exactly 1.0 would mean "every step" to transformers
+        "eval_steps": 1.0 / evaluations_per_run if evaluations_per_run > 1 else 0.9999,
+        "logging_steps": 0.02,
+    }
+    if save_best:
+        common.update(save_strategy="steps", save_steps=common["eval_steps"], load_best_model_at_end=True,
+                      metric_for_best_model=f"validation_{primary_metric}", greater_is_better=True, save_total_limit=1)
+    return _training_arguments(recipe, common)
 
 
 def run_single(
@@ -303,25 +464,8 @@ def run_single(
     info = get_task_info(prepared.task)
     primary = info.primary_metric
     eval_splits = [s for s in ("validation", "test") if s in prepared.datasets]
-    common = {
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 64,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "save_strategy": "no",
-        "dataloader_pin_memory": torch.cuda.is_available(),
-        **(training or {}),
-        "output_dir": str(output_dir),
-        "seed": seed,
-        "eval_strategy": "steps",
-        # a ratio of the run; exactly 1.0 would mean "every step" to transformers
-        "eval_steps": 1.0 / evaluations_per_run if evaluations_per_run > 1 else 0.9999,
-        "logging_steps": 0.02,
-    }
-    if save_best_to is not None:
-        common.update(save_strategy="steps", save_steps=common["eval_steps"], load_best_model_at_end=True,
-                      metric_for_best_model=f"validation_{primary}", greater_is_better=True, save_total_limit=1)
-    args = _training_arguments(recipe, common)
+    args = _run_arguments(recipe, seed, output_dir, training, evaluations_per_run, primary,
+                          save_best=save_best_to is not None)
     model = _fresh_model(prepared, seed)
     trainer_cls = Trainer if recipe.is_stock else StableTrainer
     trainer = trainer_cls(
@@ -352,13 +496,12 @@ def run_single(
     abort_reason = diagnostics.pop("abort_reason", None)
     if status == "finished" and abort_reason and trainer.state.global_step < trainer.state.max_steps:
         status = "aborted"
-    record = _summarize_history(history, prepared.majority, eval_splits)
     settings = args.to_dict()
     settings.update(trainer_class=type(trainer).__name__, recipe_fields=recipe.fields())
     state = get_fine_tuning_state(model)
     if state is not None:
         settings["resolved_reinit_layers"] = state.reinit_layers
-    record.update(
+    record = RunRecord(
         run_id=f"{recipe.label}/seed={seed}",
         recipe=recipe.label,
         seed=seed,
@@ -370,20 +513,16 @@ def run_single(
         settings=settings,
         eval_history=history,
         train_loss=_train_loss(log_history),
+        nonfinite_loss_step=_first_nonfinite_loss_step(log_history),
         diagnostics=diagnostics,
         abort_reason=abort_reason,
         global_step=trainer.state.global_step,
         wall_time_s=round(wall, 2),
         device=_device_name(args),
         error=error,
-    )
-    if status == "aborted":
-        record["degenerate"] = True
-    elif record.get("best_validation") is None:
-        record["degenerate"] = status != "failed"
-    else:
-        record["degenerate"] = degenerate_run(record["best_validation"], prepared.majority["validation"])
-    return _json_safe(record)
+        **_summarize_history(history, prepared.majority, eval_splits),
+    )  # sets ``degenerate`` by the one definition, hf_stable_ft.stats.degenerate_record
+    return record.to_dict()
 
 
 def _diagnostics(log_history: list[dict]) -> dict[str, Any]:
@@ -409,55 +548,270 @@ def _summarize_history(history: list[dict], majority: dict[str, float], splits: 
     }
 
 
-def read_finished_runs(path: str | os.PathLike) -> dict[str, dict]:
-    """Finished records of ``runs.jsonl`` by ``run_id``; a torn last line (killed mid-write) is cut off."""
-    path = Path(path)
+def _read_records(path: Path, *, repair: bool) -> dict[str, dict]:
+    """The last record of each ``run_id`` in ``runs.jsonl`` ({} without the file). A torn last line (a driver
+    killed mid-write) is cut off with ``repair``, else ignored; any other bad line is a ValueError naming the file
+    and the line (:func:`hf_stable_ft.records.read_records`, ``on_corrupt="truncate_torn_tail"``)."""
     if not path.exists():
         return {}
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        logger.warning("%s ends with a partial line (a run killed while writing); removing it", path)
-        with open(path, "r+b") as handle:
-            handle.truncate(cut)
-        data = data[:cut]
-    records = {}
-    for number, line in enumerate(data.decode().splitlines(), 1):
-        if not line.strip():
-            continue
+    records = read_records(path, on_corrupt="truncate_torn_tail", fix_file=repair)
+    return {run_id: record.to_dict() for run_id, record in latest_by_run_id(records).items()}
+
+
+def read_finished_runs(path: str | os.PathLike) -> dict[str, dict]:
+    """The records of ``runs.jsonl`` by ``run_id`` (the last line of each: a retried run's newest record); a torn
+    last line (killed mid-write) is cut off. Records of failed runs are included (``status == "failed"``)."""
+    return _read_records(Path(path), repair=True)
+
+
+def _append_record(path: Path, record: dict | RunRecord) -> None:
+    append_record(path, record if isinstance(record, RunRecord) else RunRecord.from_dict(record))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the sweep directory: one writer, nothing deleted
+
+
+class SweepDirectoryLocked(RuntimeError):
+    """Another sweep, still running, is writing to the sweep directory."""
+
+
+class _SweepLock:
+    """``DIR/.sweep.lock``, held by a sweep's driver while it may write the directory.
+
+    The lock is an ``fcntl.flock`` on the file (the kernel drops it when its process ends, ``kill -9``
+    included), so a lock file left behind by a dead driver is stale and is taken over, with a warning naming
+    its pid. The file holds the holder's pid, host and start time, for the refusal message. Where ``fcntl`` is
+    missing (Windows), a lock file whose pid is alive on this host counts as held.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> "_SweepLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @staticmethod
+    def _holder(fd: int) -> dict[str, Any]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode(errors="replace")
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: corrupt run record ({error}); fix or remove the line") from error
-        records[record["run_id"]] = record
-    return records
+            holder = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
+            holder = {"raw": text[:200]}
+        return holder if isinstance(holder, dict) else {"raw": text[:200]}
+
+    def _refuse(self, holder: dict[str, Any]) -> SweepDirectoryLocked:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+        return SweepDirectoryLocked(
+            f"another sweep ({who}) is writing to {self.directory}; wait for it to end or use another --output "
+            f"(its lock {self.path} goes when it ends)")
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except (BlockingIOError, PermissionError):
+                        raise self._refuse(self._holder(fd)) from None
+                    try:  # the file may have been released and removed between open and flock: try again
+                        if not os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                            os.close(fd)
+                            continue
+                    except FileNotFoundError:
+                        os.close(fd)
+                        continue
+                previous = self._holder(fd)
+                if previous:
+                    pid, host = previous.get("pid"), previous.get("host")
+                    if fcntl is None and host == platform.node() and _pid_alive(pid):
+                        raise self._refuse(previous)
+                    logger.warning("taking over the stale sweep lock %s of pid %s on %s (that process no longer "
+                                   "holds it: it ended without releasing the lock)", self.path, pid, host)
+                holder = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, json.dumps(holder).encode())
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # while still holding it, so no one locks the old file after we let go
+        os.close(self._fd)
+        self._fd = None
 
 
-def _append_record(path: Path, record: dict) -> None:
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+def _pid_alive(pid: Any) -> bool:
+    if not _is_int(pid) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def _check_sweep_dir(output: Path, config: SweepConfig, resume: bool, overwrite: bool) -> None:
+def _check_output_usable(output: Path) -> None:
+    """Before the (slow) loading: the output directory exists and is writable, or can be created, with space."""
+    if output.exists():
+        if not output.is_dir():
+            raise PermissionError(f"cannot use the output directory {output}: it is a file")
+        _check_writable(output)
+        return
+    ancestor = output.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PermissionError(f"cannot create the output directory {output}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create the output directory {output}: {ancestor} is not writable")
+    _check_free_space(ancestor)
+
+
+def _move_aside(output: Path) -> list[Path]:
+    """``--overwrite``: rename the previous records to ``NAME.bak-<time>`` (never delete them)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in (RUNS_FILE, SWEEP_FILE):
+        source = output / name
+        if not source.exists():
+            continue
+        target = output / f"{name}.bak-{stamp}"
+        number = 1
+        while target.exists():
+            number += 1
+            target = output / f"{name}.bak-{stamp}-{number}"
+        os.replace(source, target)
+        moved.append(target)
+    if moved:
+        logger.warning("--overwrite: the previous records of %s are kept as %s", output,
+                       ", ".join(p.name for p in moved))
+    return moved
+
+
+def _recipe_settings(spec: RecipeSpec) -> dict[str, Any]:
+    return _json_safe({"label": spec.label, "preset": spec.preset, "overrides": dict(spec.overrides)})
+
+
+def _differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
+    """``key: old (recorded) vs new (now)`` for every leaf that differs."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        out = []
+        for key in list(dict.fromkeys([*recorded, *now])):
+            out += _differences(recorded.get(key, "<not set>"), now.get(key, "<not set>"), f"{prefix}{key}.")
+        return out
+    if json.dumps(recorded, sort_keys=True, default=str) == json.dumps(now, sort_keys=True, default=str):
+        return []
+    return [f"{prefix.rstrip('.')}: {recorded!r} (recorded) vs {now!r} (now)"]
+
+
+def _legacy_settings(previous: dict | None) -> dict[str, dict]:
+    """Per label, what records written before records carried ``sweep_settings`` were run with (sweep.json)."""
+    config = (previous or {}).get("config")
+    if not isinstance(config, dict):
+        return {}
+    shared = {k: v for k, v in config.items() if k not in ("recipes", "seeds", "data_dir")}
+    out = {}
+    for text in config.get("recipes") or []:
+        try:
+            spec = parse_recipe(text)
+        except ValueError:
+            continue
+        out[spec.label] = {"shared": shared, "recipe": _recipe_settings(spec)}
+    return out
+
+
+def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: bool, overwrite: bool,
+          repair: bool) -> tuple[list[tuple[RecipeSpec, int]], list[str], dict | None]:
+    """What is left to run, which of it retries failed runs, and the directory's sweep.json (None if absent).
+
+    Refuses a directory holding a different sweep (unless ``resume``) and, always, a label whose recorded runs
+    were trained with other settings than this sweep gives it.
+    """
+    all_pairs = [(r, s) for r in recipes for s in config.seeds]
     settings_path = output / SWEEP_FILE
-    if overwrite and output.exists():
-        for name in (RUNS_FILE, SWEEP_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (output / name).unlink()
-    _make_output_dir(output)
+    previous = None
     if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if previous.get("identity") != _json_safe(config.identity()) and not resume:
-            raise ValueError(
-                f"{output} holds a different sweep ({settings_path}); pass --resume to add these runs to it anyway "
-                "or --overwrite to start over"
-            )
-    _check_writable(output)
-    settings_path.write_text(json.dumps({"identity": _json_safe(config.identity()), "config": _json_safe(
-        dataclasses.asdict(config))}, indent=2, sort_keys=True))
+        try:
+            previous = json.loads(settings_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{settings_path} is not valid JSON ({error}); fix it, or move it away to start the "
+                             "directory's sweep settings anew") from error
+        if not isinstance(previous, dict):
+            raise ValueError(f"{settings_path} holds no sweep settings (a JSON {type(previous).__name__}); fix it or "
+                             "move it away")
+    if overwrite:
+        return all_pairs, [], previous
+    if previous is not None and previous.get("identity") != _json_safe(config.identity()) and not resume:
+        raise ValueError(
+            f"{output} holds a different sweep ({settings_path}); pass --resume to add these runs to it anyway "
+            "or --overwrite to start over (the old records are kept as runs.jsonl.bak-<time>)"
+        )
+    records = _read_records(output / RUNS_FILE, repair=repair)
+    shared = config.shared_settings()
+    legacy = _legacy_settings(previous)
+    conflicts = []
+    for spec in recipes:
+        mine = [r for r in records.values() if r.get("recipe") == spec.label]
+        if not mine:
+            continue
+        now = {"shared": shared, "recipe": _recipe_settings(spec)}
+        for record in mine:
+            recorded = record.get("sweep_settings") or legacy.get(spec.label)
+            diffs = _differences(recorded, now) if recorded else []
+            if diffs:
+                conflicts.append(f"recipe {spec.label!r} has runs here ({record['run_id']}, ...) with other settings: "
+                                 + "; ".join(diffs))
+                break
+    if conflicts:
+        raise ValueError(
+            f"{output}: " + " | ".join(conflicts) + ". A recipe label stands for one setting: give these runs a new "
+            "recipe label (e.g. 'NEWLABEL=" + (recipes[0].preset or "none") + ":...'), use another --output, or "
+            "--overwrite (the old records are kept as runs.jsonl.bak-<time>)"
+        )
+    todo, retries = [], []
+    for spec, seed in all_pairs:
+        run_id = f"{spec.label}/seed={seed}"
+        record = records.get(run_id)
+        if record is None:
+            todo.append((spec, seed))
+        elif record.get("status") == "failed":
+            todo.append((spec, seed))
+            retries.append(run_id)
+    return todo, retries, previous
+
+
+def _write_sweep_file(output: Path, config: SweepConfig, previous: dict | None) -> None:
+    """``sweep.json``: the current config on top, every config the directory was swept with in ``history``."""
+    entry = {"identity": _json_safe(config.identity()), "config": _json_safe(dataclasses.asdict(config))}
+    history = list((previous or {}).get("history") or ([] if previous is None else [
+        {k: previous[k] for k in ("identity", "config") if k in previous}]))
+    if not history or history[-1].get("config") != entry["config"]:
+        history.append({**entry, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    tmp = output / (SWEEP_FILE + ".partial")
+    tmp.write_text(json.dumps({**entry, "history": history}, indent=2, sort_keys=True))
+    os.replace(tmp, output / SWEEP_FILE)
 
 
 def _make_output_dir(output: Path) -> None:
@@ -474,35 +828,76 @@ def _check_writable(output: Path, min_free_bytes: int = 200 * 2**20) -> None:
         probe.unlink()
     except OSError as error:
         raise PermissionError(f"cannot write to the output directory {output}: {error}") from error
-    free = shutil.disk_usage(output).free
+    _check_free_space(output, min_free_bytes)
+
+
+def _check_free_space(path: Path, min_free_bytes: int = 200 * 2**20) -> None:
+    free = shutil.disk_usage(path).free
     if free < min_free_bytes:
-        raise OSError(f"only {free / 2**20:.0f} MiB free under {output}; need at least {min_free_bytes / 2**20:.0f} MiB")
+        raise OSError(f"only {free / 2**20:.0f} MiB free under {path}; need at least {min_free_bytes / 2**20:.0f} MiB")
+
+
+def _validate_recipes(config: SweepConfig) -> list[RecipeSpec]:
+    """Parse every recipe and build its runs' arguments with the shared flags: every error before any work."""
+    recipes = [parse_recipe(r) for r in config.recipes]
+    labels = [r.label for r in recipes]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"recipe labels must be unique, got {labels}")
+    primary = get_task_info(config.task).primary_metric
+    with tempfile.TemporaryDirectory(prefix="hf_stable_ft_check_") as probe:
+        for spec in recipes:
+            try:
+                _run_arguments(spec, config.seeds[0], probe, config.training, config.evaluations_per_run, primary)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"recipe {spec.label!r} with the shared training flags: {error}") from error
+    return recipes
 
 
 def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
               progress: bool = True) -> Path:
-    """Run every (recipe, seed) of ``config`` not yet in ``output/runs.jsonl``; return that file's path."""
-    recipes = [parse_recipe(r) for r in config.recipes]  # unknown recipes fail before any run starts
-    labels = [r.label for r in recipes]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"recipe labels must be unique, got {labels}")
-    get_task_info(config.task)
+    """Run every (recipe, seed) of ``config`` not yet in ``output/runs.jsonl`` (and retry the failed ones);
+    return that file's path.
+
+    Everything is checked before the directory is touched: the recipes with the shared flags, the directory
+    (a different sweep needs ``resume``; a label's recorded settings must match), the data and the model.
+    ``overwrite`` then moves the previous records aside. The directory is locked while the sweep runs
+    (:class:`SweepDirectoryLocked` if another live sweep holds it).
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
+                         "--overwrite sets them aside; pass one")
+    recipes = _validate_recipes(config)
     output = Path(output)
-    _check_sweep_dir(output, config, resume, overwrite)
     runs_path = output / RUNS_FILE
-    finished = read_finished_runs(runs_path)
-    todo = [(r, s) for r in recipes for s in config.seeds if f"{r.label}/seed={s}" not in finished]
+    _check_output_usable(output)
+    todo, _, _ = _plan(output, config, recipes, resume, overwrite, repair=False)  # read only
     if not todo:
         return runs_path
-    prepared = prepare_task(config)
-    from tqdm.auto import tqdm
+    if output.exists():
+        with _SweepLock(output):  # refuse now, not after loading, if another sweep writes here
+            pass
+    prepared = prepare_task(config)  # the data and the model, before anything is written
+    _make_output_dir(output)
+    with _SweepLock(output):
+        _check_writable(output)
+        todo, retries, previous = _plan(output, config, recipes, resume, overwrite, repair=True)
+        if overwrite:
+            _move_aside(output)
+            previous = None
+        _write_sweep_file(output, config, previous)
+        if retries:
+            logger.warning("retrying %d failed run(s) of an earlier sweep: %s (their failed records stay in %s)",
+                           len(retries), ", ".join(retries), runs_path)
+        from tqdm.auto import tqdm
 
-    bar = tqdm(todo, desc=f"sweep {config.task}", unit="run", disable=not progress)
-    for recipe, seed in bar:
-        bar.set_postfix_str(f"{recipe.label} seed={seed}")
-        with tempfile.TemporaryDirectory(prefix="hf_stable_ft_run_") as run_dir:
-            record = run_single(prepared, recipe, seed, run_dir, config.training, config.evaluations_per_run)
-        _append_record(runs_path, record)
+        shared = config.shared_settings()
+        bar = tqdm(todo, desc=f"sweep {config.task}", unit="run", disable=not progress)
+        for recipe, seed in bar:
+            bar.set_postfix_str(f"{recipe.label} seed={seed}")
+            with tempfile.TemporaryDirectory(prefix="hf_stable_ft_run_") as run_dir:
+                record = run_single(prepared, recipe, seed, run_dir, config.training, config.evaluations_per_run)
+            record["sweep_settings"] = {"shared": shared, "recipe": _recipe_settings(recipe)}
+            _append_record(runs_path, record)
     return runs_path
 
 
@@ -515,30 +910,72 @@ def _save_complete(trainer: Trainer, target: Path) -> None:
     os.replace(partial, target)
 
 
+_RESUME_LAST = ("true", "last", "yes", "1")
+
+
+def _complete_checkpoints(directory: Path) -> list[Path]:
+    """``checkpoint-N`` folders the Trainer finished writing (it writes ``trainer_state.json`` last), by step."""
+    found = [p for p in directory.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def _resume_checkpoint(value: Any, output_dir: Path) -> str | None:
+    """``--resume_from_checkpoint``: a checkpoint directory, or ``true`` / ``last`` for the last complete
+    ``checkpoint-N`` in ``output_dir`` (as ``Trainer.train(resume_from_checkpoint=True)``); checked before any work."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "no", "0",
+                                                                                                "none")):
+        return None
+    path = None if value is True else Path(str(value)).expanduser()
+    if path is None or (not path.exists() and str(value).strip().lower() in _RESUME_LAST):
+        checkpoints = _complete_checkpoints(output_dir) if output_dir.is_dir() else []
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint in {output_dir} (no checkpoint-N "
+                                    "folder holding trainer_state.json); pass a checkpoint directory, or train without "
+                                    "--resume_from_checkpoint")
+        return str(checkpoints[-1])
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory; pass a checkpoint-N "
+                                "folder a run with --save_strategy steps wrote, or true for the last one in --output_dir")
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: {path} holds no trainer_state.json, so it is not a "
+                                "complete checkpoint (one killed while it was written?); pass an earlier checkpoint-N")
+    return str(path)
+
+
 def train_once(task: str, model: str | None = None, training: dict[str, Any] | None = None, *,
                data_dir: str | None = None, protocol: str = "glue", train_size: int | None = None,
                max_length: int = 128) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` once with ``StableTrainer`` (the CLI's ``train``).
 
-    The final model is saved to ``output_dir`` (default ``hf_stable_ft_output/<task>``) with its tokenizer,
-    and the validation (and, under ``zhang2021``, test) metrics go to ``output_dir/all_results.json``.
+    The final model is saved to ``output_dir`` (default ``hf_stable_ft_output/<task>``; missing parents are
+    created) with its tokenizer, and the validation (and, under ``zhang2021``, test) metrics go to
+    ``output_dir/all_results.json``. ``resume_from_checkpoint`` (a checkpoint directory, or ``True``/``"true"``
+    for the last complete checkpoint in ``output_dir``) continues that run. The arguments, the checkpoint, the
+    model and the data are all checked before the output directory is created or anything is written.
     """
     info = get_task_info(task)
-    source = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    data = load_glue_task(task, data_dir=data_dir, tokenizer=tokenizer, max_length=max_length,
-                          train_size=train_size, protocol=protocol)
     settings = {"output_dir": f"hf_stable_ft_output/{info.hub_config}", "eval_strategy": "epoch",
                 "save_strategy": "no", **(training or {})}
     args = StableTrainingArguments(**settings)
-    _check_writable(Path(args.output_dir).resolve().parent if not Path(args.output_dir).exists() else Path(args.output_dir))
-    net = AutoModelForSequenceClassification.from_pretrained(source, **info.model_kwargs(), dtype=torch.float32)
+    output = Path(args.output_dir)
+    resume = _resume_checkpoint(args.resume_from_checkpoint, output)
+    _check_output_usable(output)
+    source = resolve_model(model)
+    tokenizer = _load_tokenizer(source)
+    data = load_glue_task(task, data_dir=data_dir, tokenizer=tokenizer, max_length=max_length,
+                          train_size=train_size, protocol=protocol)
+    net = _from_model(lambda: AutoModelForSequenceClassification.from_pretrained(
+        source, **info.model_kwargs(), dtype=torch.float32), source, "model")
+    _check_lengths(data, tokenizer, net.config, max_length)
+    _make_output_dir(output)
+    _check_writable(output)
     trainer = StableTrainer(
         model=net, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
         compute_metrics=glue_compute_metrics(task),
     )
-    train_metrics = trainer.train().metrics
+    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     trainer.save_model()
     results = {"train": train_metrics, "validation": trainer.evaluate()}
     if "test" in data:
@@ -546,6 +983,8 @@ def train_once(task: str, model: str | None = None, training: dict[str, Any] | N
     results["majority_baseline"] = {split: majority_baseline(task, data[split]["label"]) for split in data if split != "train"}
     trainer.save_metrics("all", {f"{split}/{k}": v for split, m in results.items() for k, v in m.items()})
     results["output_dir"] = args.output_dir
+    if resume is not None:
+        results["resumed_from"] = resume
     return _json_safe(results)
 
 

@@ -1,6 +1,7 @@
 """Sweeps, single runs, the CLI's train / transfer / sweep / report on a tiny model and GLUE-format fixtures."""
 
 import json
+import re
 
 import pytest
 from scale_fixtures import save_tiny_bert_with_tokenizer, write_rte
@@ -76,22 +77,28 @@ def test_sweep_records_resumes_and_reports(tiny, tmp_path):
     assert (out / "report.md").exists() and (out / "boxplot.png").exists()
 
 
-def test_a_different_sweep_in_the_same_directory_is_refused(tiny, tmp_path):
+def test_a_different_sweep_in_the_same_directory_is_refused(tiny, tmp_path, capsys):
     out = tmp_path / "sweep"
     base = ["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--seeds", "1",
             "--evaluations", "1", "--output", str(out), *FAST]
     assert main(base + ["--recipes", "stock"]) == 0
-    with pytest.raises(ValueError, match="holds a different sweep.*--resume.*--overwrite"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
         main(base + ["--recipes", "devlin2019"])
+    assert stop.value.code == 2
+    assert re.search("holds a different sweep.*--resume.*--overwrite", capsys.readouterr().err)
     assert main(base + ["--recipes", "devlin2019", "--overwrite"]) == 0
     assert set(read_finished_runs(out / "runs.jsonl")) == {"devlin2019/seed=0"}
+    (backup,) = out.glob("runs.jsonl.bak-*")  # the stock run is kept, not deleted
+    assert set(read_finished_runs(backup)) == {"stock/seed=0"}
 
 
-def test_unknown_recipe_fails_before_any_run(tiny, tmp_path):
-    with pytest.raises(ValueError, match="unknown recipe 'bert'"):
+def test_unknown_recipe_fails_before_any_run(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         main(["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--recipes", "bert",
               "--output", str(tmp_path / "x")])
-    assert not (tmp_path / "x" / "runs.jsonl").exists()
+    assert stop.value.code == 2 and "unknown recipe 'bert'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_torn_last_line_is_removed(tmp_path):

@@ -245,28 +245,33 @@ def _cli_argv(command, model, glue, output):
 
 
 @pytest.mark.parametrize("command", ["sweep", "train", "transfer"])
-def test_unwritable_output_fails_before_training(command, glue_fixture, tmp_path, monkeypatch):
+def test_unwritable_output_fails_before_training(command, glue_fixture, tmp_path, monkeypatch, capsys):
     model, glue = glue_fixture
     output = _blocked_output(tmp_path)
     _no_training(monkeypatch)
     argv = _cli_argv(command, model, glue, output)
     started = time.monotonic()
-    with pytest.raises(OSError) as error:
+    with pytest.raises(SystemExit) as stop:  # the CLI: one line naming the directory, exit code 2
         cli.main(argv)
-    assert str(output.parent) in str(error.value)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and str(output.parent) in err and "Traceback" not in err
     assert time.monotonic() - started < 30
+    monkeypatch.setenv("HF_STABLE_FT_TRACEBACK", "1")  # the Python error itself, on request
+    with pytest.raises(OSError, match=str(output.parent)):
+        cli.main(argv)
 
 
 @pytest.mark.parametrize("command", ["sweep", "train", "transfer"])
-def test_full_disk_fails_before_training(command, glue_fixture, tmp_path, monkeypatch):
+def test_full_disk_fails_before_training(command, glue_fixture, tmp_path, monkeypatch, capsys):
     model, glue = glue_fixture
     _no_training(monkeypatch)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(experiment.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     output = tmp_path / "out"
     argv = _cli_argv(command, model, glue, output)
-    with pytest.raises(OSError, match=r"only 1 MiB free"):
+    with pytest.raises(SystemExit) as stop:
         cli.main(argv)
+    assert stop.value.code == 2 and "only 1 MiB free" in capsys.readouterr().err
 
 
 def test_yaml_config_cannot_construct_python_objects(tmp_path):

@@ -239,7 +239,7 @@ def test_single_seed_recipe_has_no_p_values(tmp_path):
 def test_recipe_colours_never_use_the_degenerate_red():
     from matplotlib.colors import to_rgba
 
-    from hf_stable_ft.report import _colors
+    from hf_stable_ft.report.figures import _colors
 
     colours = _colors(12)
     assert to_rgba("tab:red") not in colours
@@ -253,3 +253,25 @@ def test_verdict_does_not_call_an_all_degenerate_recipe_the_most_stable(tmp_path
     md = write_report(tmp_path, figures=False).read_text()
     verdict = md[md.index("## Verdict"): md.index("## Results")]
     assert "lowest std: debiased" in verdict and "(devlin2019: all degenerate)" in verdict
+
+
+def test_verdict_is_the_report_section_and_reads_from_summary_json(tmp_path):
+    from hf_stable_ft.report import load_summary, summarize_sweep, verdict
+
+    make_sweep(tmp_path, corrupt=False, with_test=False)
+    md = write_report(tmp_path, figures=False).read_text()
+    section = md[md.index("## Verdict"): md.index("\n## Results")].strip()
+    assert verdict(load_summary(tmp_path)) == section  # what the demo prints
+    assert "> No test split" in section and "0/4 degenerate runs vs 2/4 for devlin2019" in section
+    summary = summarize_sweep(load_runs(tmp_path))
+    assert verdict(summary) == verdict(summary.as_dict()) == section
+    assert summary.as_dict() == summarize_runs(load_runs(tmp_path))
+
+
+def test_layer_groups_are_drawn_bottom_to_top_whatever_the_file_order():
+    from hf_stable_ft.diagnostics import group_order
+
+    sorted_keys = sorted(["embeddings"] + [f"layer.{i}" for i in range(12)] + ["pooler", "head"])
+    assert sorted_keys[:3] == ["embeddings", "head", "layer.0"]  # what runs.jsonl's sorted keys hold
+    assert group_order(sorted_keys) == ["embeddings"] + [f"layer.{i}" for i in range(12)] + ["pooler", "head"]
+    assert group_order(["head", "all", "head"]) == ["all", "head"]

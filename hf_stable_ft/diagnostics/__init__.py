@@ -66,7 +66,7 @@ from .degenerate import ALARM_KEY, DegenerateAlarm, DegenerateRunCallback
 from .distance import DISTANCE_PREFIX, ParameterDistanceCallback
 from .from_args import callbacks_from_args
 from .grad_norms import GRAD_NORM_PREFIX, LayerGradNormCallback
-from .groups import layer_groups
+from .groups import group_order, layer_groups
 from .labels import dataset_labels
 from .logs import place_before_reporters
 from .summary import summarize_diagnostics
@@ -81,6 +81,7 @@ __all__ = [
     "ParameterDistanceCallback",
     "callbacks_from_args",
     "dataset_labels",
+    "group_order",
     "layer_groups",
     "place_before_reporters",
     "summarize_diagnostics",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from ..architectures import parameter_depths, unwrap_model
 
-__all__ = ["layer_groups"]
+__all__ = ["layer_groups", "group_order"]
 
 logger = logging.getLogger("hf_stable_ft.diagnostics")
 
@@ -33,6 +34,26 @@ def layer_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     for name, param in named:
         groups[depths[name].group].append((name, param))
     return {group: params for group, params in groups.items() if params}
+
+
+def group_order(names: Iterable[str]) -> list[str]:
+    """Group names of :func:`layer_groups` bottom to top, as it orders them: ``embeddings``, ``layer.0`` …
+    ``layer.{L-1}``, any other name (``all``) in the order given, ``pooler``, ``head``.
+
+    For series read back from a file that lost the logged order (``runs.jsonl`` is written with sorted keys,
+    which puts ``head`` before ``layer.0`` and ``layer.10`` before ``layer.2``).
+    """
+    def rank(position_name: tuple[int, str]) -> tuple[int, int, int]:
+        position, name = position_name
+        if name == "embeddings":
+            return (0, 0, position)
+        index = name[len("layer."):] if name.startswith("layer.") else ""
+        if index.isdigit():
+            return (1, int(index), position)
+        return ({"pooler": 3, "head": 4}.get(name, 2), 0, position)
+
+    unique = list(dict.fromkeys(names))
+    return [name for _, name in sorted(enumerate(unique), key=rank)]
 
 
 class _GroupNorms:

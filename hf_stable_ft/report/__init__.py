@@ -1,0 +1,65 @@
+"""Statistics tables, figures and a plain-language verdict for a sweep directory.
+
+A sweep writes one JSON object per run to ``DIR/runs.jsonl`` (the schema is
+:class:`hf_stable_ft.records.RunRecord`). :func:`write_report` reads it and writes ``DIR/report.md``,
+``DIR/summary.json`` and PNG figures next to them. One module a job:
+
+* :mod:`~hf_stable_ft.report.summary` — which score represents a run (:func:`score_run`) and the statistics of a
+  sweep (:class:`SweepSummary`; :func:`summarize_runs` returns its dict view, what ``summary.json`` holds);
+* :mod:`~hf_stable_ft.report.markdown` — ``report.md`` and :func:`verdict`, the plain-language verdict;
+* :mod:`~hf_stable_ft.report.figures` — the five figures (:data:`FIGURE_FILES`), the only importer of matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..records import RUNS_FILE, read_records
+from .figures import FIGURE_FILES, make_figures
+from .markdown import render_markdown, verdict
+from .summary import (
+    SUMMARY_FILE,
+    RecipeSummary,
+    RunScore,
+    SweepSummary,
+    _latest,
+    load_runs,
+    load_summary,
+    score_run,
+    summarize_runs,
+    summarize_sweep,
+)
+
+__all__ = ["RUNS_FILE", "load_runs", "summarize_runs", "write_report", "FIGURE_FILES", "SweepSummary",
+           "RecipeSummary", "RunScore", "summarize_sweep", "score_run", "load_summary", "verdict"]
+
+
+def write_report(run_dir, baseline_recipe: str | None = None, figures: bool = True, *,
+                 skip_corrupt: bool = False, n_bootstrap: int = 1000, seed: int = 0,
+                 scale: float | None = None) -> Path:
+    """Write ``report.md``, ``summary.json`` and the PNG figures for the sweep in ``run_dir``.
+
+    Args:
+        run_dir: directory holding ``runs.jsonl``; the report is written next to it.
+        baseline_recipe: recipe the others are compared with (default ``devlin2019`` if present, else the
+            first recipe in the file).
+        figures: draw the PNGs (needs matplotlib; stale PNGs of a previous report are removed either way).
+        skip_corrupt: skip corrupt lines of runs.jsonl with a warning instead of raising ValueError.
+        n_bootstrap, seed: Zhang et al. bootstrap settings.
+        scale: display factor (see :func:`summarize_runs`).
+
+    Returns:
+        the path of ``report.md``.
+    """
+    out = Path(run_dir)
+    records = _latest(read_records(out, on_corrupt="skip" if skip_corrupt else "raise"))
+    summary = summarize_sweep(records, baseline_recipe, n_bootstrap=n_bootstrap, seed=seed, scale=scale)
+    for fname in FIGURE_FILES.values():  # never leave a previous report's figure next to this one
+        (out / fname).unlink(missing_ok=True)
+    made, skipped = make_figures(summary, records, out) if figures else ({}, {})
+    summary.figures = made
+    (out / SUMMARY_FILE).write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
+    path = out / "report.md"
+    path.write_text(render_markdown(summary, made, skipped), encoding="utf-8")
+    return path

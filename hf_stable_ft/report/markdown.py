@@ -1,0 +1,255 @@
+"""The report's markdown (``report.md``) and its plain-language verdict, from a :class:`SweepSummary`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from .figures import FIGURE_FILES
+from .summary import TABLE_TRIALS, SweepSummary, _digits, _fmt, _num
+
+__all__ = ["verdict", "render_markdown", "SMALL_N"]
+
+SMALL_N = 10  # below this many seeds per recipe, p-values are called weak evidence
+
+
+def _fmt_p(p) -> str:
+    p = _num(p)
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_eq(p) -> str:
+    """"=0.012" or "<0.001" (for "p=0.012" / "p<0.001" in prose)."""
+    text = _fmt_p(p)
+    return text if text.startswith("<") else f"={text}"
+
+
+def _md(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
+    scale, digits = summary.display_scale, _digits(summary)
+    base = summary.baseline_recipe
+    recipes = summary.recipes
+    b = recipes[base]
+    ns = sorted({e.n_runs for e in recipes.values() if e.n_runs})
+    split = summary.split
+    metric = summary.metric
+    seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    out = [f"{len(recipes)} recipe(s), {seeds} seeds each, {metric} on the {split} split"
+           + (f" (×{scale:g})" if scale != 1 else "") + f"; baseline: {base}."]
+    if b.summary is None:
+        return [" ".join(out), f"The baseline {base} has no counted runs, so nothing is compared against it."]
+    bs = b.summary
+    n_tests = 0
+    for name, e in recipes.items():
+        if name == base or e.summary is None:
+            continue
+        s, cmp_ = e.summary, e.vs_baseline or {}
+        n_tests += 1
+        parts = [f"**{name}** had {s['n_degenerate']}/{s['n']} degenerate runs vs {bs['n_degenerate']}/{bs['n']} "
+                 f"for {base}"]
+        mean_sig = _sig(cmp_.get("t_p"))
+        parts.append(f"its mean was {_fmt(s['mean'], scale, digits)} vs {_fmt(bs['mean'], scale, digits)} "
+                     f"(Welch p{_p_eq(cmp_.get('t_p'))}{mean_sig})")
+        std_sig = _sig(cmp_.get("levene_p"))
+        parts.append(f"its std was {_fmt(s['std'], scale, digits)} vs {_fmt(bs['std'], scale, digits)} "
+                     f"(Levene p{_p_eq(cmp_.get('levene_p'))}{std_sig})")
+        out.append("; ".join(parts) + ".")
+    scored = {n: e.summary for n, e in recipes.items() if e.summary is not None}
+    if len(scored) > 1:
+        def leaders(items: dict, key: str, pick) -> str:
+            target = pick(v[key] for v in items.values())
+            names = [n for n, v in items.items() if v[key] == target]
+            return " and ".join(names)
+
+        top = leaders(scored, "mean", max)
+        line = f"Highest mean: {top} ({_fmt(max(s['mean'] for s in scored.values()), scale, digits)})"
+        # a recipe whose every run is degenerate has a small std because it learned nothing, not because it is stable
+        with_std = {n: s for n, s in scored.items()
+                    if _num(s["std"]) is not None and s["n_degenerate"] < s["n"]}
+        if with_std:
+            low = min(s["std"] for s in with_std.values())
+            line += f"; lowest std: {leaders(with_std, 'std', min)} ({_fmt(low, scale, digits)})"
+        all_degenerate = [n for n, s in scored.items() if s["n"] and s["n_degenerate"] == s["n"]]
+        if all_degenerate and with_std:
+            line += f" among recipes with a non-degenerate run ({' and '.join(all_degenerate)}: all degenerate)"
+        if len({s["degenerate_rate"] for s in scored.values()}) > 1:
+            low_rate = min(s["degenerate_rate"] for s in scored.values())
+            few = " and ".join(f"{n} ({s['n_degenerate']}/{s['n']})" for n, s in scored.items()
+                               if s["degenerate_rate"] == low_rate)
+            line += f"; fewest degenerate runs: {few}."
+        else:
+            line += "; every recipe had the same share of degenerate runs."
+        out.append(line)
+    caveats = []
+    if ns and ns[0] < SMALL_N:
+        caveats.append(f"With {seeds} seeds per recipe these p-values are weak evidence: small samples miss real "
+                       "differences and make chance ones look large (the papers used 20–25 seeds).")
+    if n_tests > 1:
+        caveats.append(f"The {n_tests} comparisons are not corrected for multiple testing.")
+    caveats.append("A p-value above 0.05 means no evidence of a difference, not evidence of equality.")
+    return [" ".join(out), " ".join(caveats)]
+
+
+def _alarm_text(entry: dict) -> str:
+    parts = []
+    alarm = entry["degenerate_alarm"]
+    if alarm is not None:
+        text = f"degenerate alarm `{alarm.get('reason', '?')}` at step {alarm.get('step', '?')}"
+        loss, constant = _num(alarm.get("train_loss")), _num(alarm.get("constant_prediction_loss"))
+        if loss is not None and constant is not None:
+            text += f" (training loss {loss:.4g}, constant-prediction loss {constant:.4g})"
+        text += "; training stopped" if alarm.get("aborted") else "; training went on"
+        parts.append(text)
+    if entry["nonfinite_loss_step"] is not None:
+        parts.append(f"non-finite training loss from step {entry['nonfinite_loss_step']}")
+    return "; ".join(parts)
+
+
+def _sig(p) -> str:
+    p = _num(p)
+    if p is None:
+        return ", undefined"
+    return ", significant at 5%" if p < 0.05 else ", not significant"
+
+
+def verdict(summary: SweepSummary | Mapping) -> str:
+    """The report's ``## Verdict`` section (markdown): one paragraph comparing every recipe with the baseline
+    (degenerate runs, mean and std with their p-values, the leaders), its caveats in italics, and the summary's
+    notes as quotes. ``summary`` is a :class:`SweepSummary` or its dict view (``summary.json``)."""
+    if not isinstance(summary, SweepSummary):
+        summary = SweepSummary.from_dict(summary)
+    text, caveats = _verdict_and_caveats(summary)
+    lines = ["## Verdict", "", text, "", f"*{caveats}*"]
+    for note in summary.notes:
+        lines += ["", f"> {note}"]
+    return "\n".join(lines)
+
+
+def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
+    """``report.md``: the verdict, the statistics tables, the figures drawn (``{key: file}``) and those skipped
+    (``{key: why}``), aborted / alarmed / failed runs, the settings that differ and every run."""
+    scale, digits = summary.display_scale, _digits(summary)
+    split, metric = summary.split, summary.metric
+    unit = f" ×{scale:g}" if scale != 1 else ""
+    base = summary.baseline_recipe
+    L = [f"# Stability report{': ' + summary.task if summary.task else ''}", ""]
+    L += verdict(summary).split("\n") + [""]
+
+    L += [f"## Results ({metric}, {split} split{unit})", ""]
+    what = ("test score of the checkpoint that was best on validation" if split == "test"
+            else "best validation score")
+    L += [f"Each run is represented by its {what}; aborted runs count as degenerate with their last "
+          "evaluated score. Std is the sample std over seeds (ddof=1). "
+          f"E[max val] @n: Dodge et al. (2019) expected best validation score after n trials"
+          + ("; E[test] @k: Zhang et al. (2021) bootstrap expected test score of the best-on-validation run "
+             f"among k trials ({summary.n_bootstrap} resamples, seed {summary.bootstrap_seed})"
+             if split == "test" else "")
+          + f". p-values vs **{base}**: Levene (Brown–Forsythe, median-centred) for the spread, Welch's t-test "
+          "for the mean. Values for n or k above the number of seeds extrapolate from the observed runs.", ""]
+    ks = "/".join(str(k) for k in TABLE_TRIALS)
+    head = ["recipe", "n", "mean ± std", "median", "max", "min", "degenerate", f"E[max val] @{ks}"]
+    if split == "test":
+        head.append(f"E[test] @{ks}")
+    head += ["Levene p", "Welch p"]
+    L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in summary.recipes.items():
+        s = e.summary
+        label = f"**{_md(name)}** (baseline)" if name == base else _md(name)
+        if s is None:
+            L.append("| " + " | ".join([label, "0"] + ["–"] * (len(head) - 2)) + " |")
+            continue
+        cells = [label, str(s["n"]), f"{_fmt(s['mean'], scale, digits)} ± {_fmt(s['std'], scale, digits)}",
+                 _fmt(s["median"], scale, digits), _fmt(s["max"], scale, digits), _fmt(s["min"], scale, digits),
+                 f"{s['n_degenerate']}/{s['n']}" + (f" ({e.n_aborted} aborted)" if e.n_aborted else ""),
+                 " / ".join(_fmt(v, scale, digits) for v in e.expected_max_validation["mean"])]
+        if split == "test":
+            cells.append(" / ".join(_fmt(v, scale, digits) for v in e.expected_test["mean"]))
+        cmp_ = e.vs_baseline or {}
+        cells += ["–" if name == base else _fmt_p(cmp_.get("levene_p")),
+                  "–" if name == base else _fmt_p(cmp_.get("t_p"))]
+        L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+
+    if split == "test":
+        L += [f"Validation split (best validation score per run{unit}):", "",
+              "| recipe | n | mean ± std | median | max | min |", "|---|---|---|---|---|---|"]
+        for name, e in summary.recipes.items():
+            v = e.validation_summary
+            if v is None:
+                continue
+            L.append(f"| {_md(name)} | {v['n']} | {_fmt(v['mean'], scale, digits)} ± {_fmt(v['std'], scale, digits)}"
+                     f" | {_fmt(v['median'], scale, digits)} | {_fmt(v['max'], scale, digits)}"
+                     f" | {_fmt(v['min'], scale, digits)} |")
+        L.append("")
+
+    mb = summary.majority_baseline
+    L += [f"Majority-class baseline: validation {_fmt(mb['validation'], scale, digits)}, "
+          f"test {_fmt(mb['test'], scale, digits)}. A run is degenerate when its best validation score is not above "
+          "the validation baseline (Mosbach et al. 2021's threshold, on the checkpoint Zhang et al. 2021's protocol "
+          "keeps), or when it was aborted.", ""]
+
+    if figures or skipped:
+        L += ["## Figures", ""]
+        captions = {
+            "boxplot": "Scores per recipe; each dot is one seed (× = aborted, red = degenerate); dashed line: "
+                       "majority-class baseline.",
+            "train_loss": "Training loss, mean over seeds with the min–max range shaded.",
+            "expected_performance": "Expected performance of the selected run vs the number of random trials, "
+                                    "± one std (dashed beyond the number of seeds run).",
+            "grad_norms": "Gradient L2 norm per layer group over training, worst vs best run (log scale).",
+            "l2_from_init": "L2 distance of each layer group from its initial weights at the end of training; "
+                            "mean over finished seeds, bars span min–max.",
+        }
+        for key, fname in figures.items():
+            L += [f"![{key}]({fname})", "", f"*{captions[key]}*", ""]
+        for key, why in skipped.items():
+            L += [f"- `{FIGURE_FILES[key]}` not drawn: {why}"]
+        if skipped:
+            L.append("")
+
+    aborted = [(name, r) for name, e in summary.recipes.items() for r in e.runs if r["status"] == "aborted"]
+    if aborted:
+        L += ["## Aborted runs (counted as degenerate)", "", "| run | score | reason |", "|---|---|---|"]
+        for _name, r in aborted:
+            L.append(f"| {_md(r['run_id'])} | {_fmt(r[split], scale, digits)} ({_md(r['score_source'])}) | "
+                     f"{_md(r['abort_reason'] or '–')} |")
+        L.append("")
+    if summary.alarms:
+        L += ["## Alarms", "", "Every run that raised the degenerate-run alarm or logged a non-finite training loss, "
+              "whatever its status (a finished run keeps its score).", "",
+              "| run | status | alarm |", "|---|---|---|"]
+        for entry in summary.alarms:
+            L.append(f"| {_md(entry['run_id'])} | {_md(entry['status'])} | {_md(_alarm_text(entry))} |")
+        L.append("")
+    if summary.not_counted:
+        L += ["## Failed runs (not counted)", "", "| run | status | error |", "|---|---|---|"]
+        for r in summary.not_counted:
+            err = (r["error"] or "–").strip().splitlines()
+            err = err[-1] if err else "–"  # the last line of a traceback names the exception
+            L.append(f"| {_md(r['run_id'])} | {_md(r['status'])} | {_md(err[:300])} |")
+        L.append("")
+
+    diff = summary.settings_that_differ
+    if diff:
+        names = list(summary.recipes)
+        L += ["## Settings that differ between recipes", "", "| setting | " + " | ".join(map(_md, names)) + " |",
+              "|" + "---|" * (len(names) + 1)]
+        for key, vals in diff.items():
+            L.append(f"| {_md(key)} | " + " | ".join(_md(json.dumps(vals.get(n), default=str)) for n in names) + " |")
+        L.append("")
+
+    L += ["## All runs", "", f"| run | status | validation{unit} | test{unit} | degenerate | wall time (s) |",
+          "|---|---|---|---|---|---|"]
+    for e in summary.recipes.values():
+        for r in e.runs:
+            wt = r["wall_time_s"]
+            L.append(f"| {_md(r['run_id'])} | {r['status']} | {_fmt(r['validation'], scale, digits)} | "
+                     f"{_fmt(r['test'], scale, digits)} | {'yes' if r['degenerate'] else 'no'} | "
+                     f"{'–' if wt is None else f'{wt:.0f}'} |")
+    L += ["", "Machine-readable statistics: [summary.json](summary.json).", ""]
+    return "\n".join(L)
