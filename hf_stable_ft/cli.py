@@ -48,7 +48,7 @@ class _TrainingFlagParser(HfArgumentParser):
 
 
 def _training_parser(prog: str = "hf-stable-ft") -> HfArgumentParser:
-    parser = _TrainingFlagParser(StableTrainingArguments, add_help=False, prog=prog)
+    parser = _TrainingFlagParser(StableTrainingArguments, add_help=False, prog=prog, allow_abbrev=False)
     # HfArgumentParser adds ``--no_FIELD`` only for a literal ``True`` default; a recipe-controlled boolean whose
     # default stands behind a marker (``adam_bias_correction``) keeps its documented ``--no_`` flag here.
     options = {option for action in parser._actions for option in action.option_strings}
@@ -251,14 +251,16 @@ def _label_map(text: str | None) -> dict[str, str] | None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-stable-ft", description=__doc__,
+    # No abbreviations anywhere: `sweep --seed 3` must not silently mean `--seeds 3`, nor `--reinit_layer` mean
+    # `--reinit_layers`.
+    parser = argparse.ArgumentParser(prog="hf-stable-ft", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="fine-tune one model on a GLUE task")
+    train = commands.add_parser("train", allow_abbrev=False, help="fine-tune one model on a GLUE task")
     _add_data_options(train)
 
-    sweep = commands.add_parser("sweep", help="run recipes x seeds and record every run in DIR/runs.jsonl")
+    sweep = commands.add_parser("sweep", allow_abbrev=False, help="run recipes x seeds and record every run in DIR/runs.jsonl")
     _add_data_options(sweep)
     sweep.add_argument("--recipes", default="devlin2019,mosbach2021,zhang2021",
                        help=f"comma-separated: {', '.join(STABILITY_RECIPES)}, stock, or label=base:field=value:...")
@@ -273,7 +275,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="start over: the previous records are moved aside to runs.jsonl.bak-<time>, not deleted")
     sweep.add_argument("--report", action="store_true", help="write the report when the sweep ends")
 
-    transfer = commands.add_parser("transfer", help="intermediate task (e.g. MNLI) then the target task")
+    transfer = commands.add_parser("transfer", allow_abbrev=False, help="intermediate task (e.g. MNLI) then the target task")
     _add_data_options(transfer)
     transfer.add_argument("--intermediate-task", default="mnli_subset")
     transfer.add_argument("--intermediate-train-size", type=int, default=None)
@@ -283,14 +285,13 @@ def _build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--evaluations", type=int, default=10, help="evaluations per run, in each stage")
     transfer.add_argument("--output", required=True)
 
-    report = commands.add_parser("report", help="write DIR/report.md and figures from DIR/runs.jsonl")
+    report = commands.add_parser("report", allow_abbrev=False, help="write DIR/report.md and figures from DIR/runs.jsonl")
     report.add_argument("directory")
     report.add_argument("--baseline", default=None, help="recipe to test the others against")
     report.add_argument("--no-figures", action="store_true")
     report.add_argument("--skip-corrupt", action="store_true", help="skip corrupt lines of runs.jsonl (named)")
 
-    demo = commands.add_parser(
-        "demo", help="the stability study in one command (see README)",
+    demo = commands.add_parser("demo", allow_abbrev=False, help="the stability study in one command (see README)",
         description="Defaults: the embedded all-MiniLM-L6-v2 on CoLA, a 1,000-example training sample, 3 seeds x 3 "
                     "recipes (devlin2019 = BERTAdam at lr 1e-4, bias_corrected = the same with bias correction, "
                     "stock = Trainer defaults), 189 updates and 5 evaluations per run; about 10 minutes on an idle "

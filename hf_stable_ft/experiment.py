@@ -51,6 +51,7 @@ from transformers.trainer_utils import set_seed
 
 from .args import STABILITY_RECIPES, StableTrainingArguments
 from .callback import get_fine_tuning_state
+from .settings_record import SETTINGS_KEY
 from .data import get_task_info, load_glue_task
 from .metrics import constant_prediction_loss, glue_compute_metrics, majority_baseline
 from .records import RUNS_FILE, RunRecord, append_record, latest_by_run_id, read_records
@@ -501,6 +502,9 @@ def run_single(
     state = get_fine_tuning_state(model)
     if state is not None:
         settings["resolved_reinit_layers"] = state.reinit_layers
+    applied = (trainer.state.stateful_callbacks or {}).get(SETTINGS_KEY)
+    if applied is not None:  # where each value came from (explicit / recipe / default) and what was applied
+        settings[SETTINGS_KEY] = applied
     record = RunRecord(
         run_id=f"{recipe.label}/seed={seed}",
         recipe=recipe.label,
@@ -943,6 +947,19 @@ def _resume_checkpoint(value: Any, output_dir: Path) -> str | None:
     return str(path)
 
 
+_TRAINED_MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "all_results.json")
+
+
+def _refuse_trained_model(output: Path) -> None:
+    """Never overwrite a finished training's model: refuse an output directory that already holds one."""
+    found = [name for name in _TRAINED_MODEL_FILES if (output / name).exists()]
+    if found:
+        raise FileExistsError(
+            f"--output_dir {output} already holds a trained model ({', '.join(found)}); a new run would overwrite "
+            "it. Choose another --output_dir, move that one away, or pass --resume_from_checkpoint to continue it."
+        )
+
+
 def train_once(task: str, model: str | None = None, training: dict[str, Any] | None = None, *,
                data_dir: str | None = None, protocol: str = "glue", train_size: int | None = None,
                max_length: int = 128) -> dict[str, Any]:
@@ -961,6 +978,8 @@ def train_once(task: str, model: str | None = None, training: dict[str, Any] | N
     output = Path(args.output_dir)
     resume = _resume_checkpoint(args.resume_from_checkpoint, output)
     _check_output_usable(output)
+    if resume is None:
+        _refuse_trained_model(output)
     source = resolve_model(model)
     tokenizer = _load_tokenizer(source)
     data = load_glue_task(task, data_dir=data_dir, tokenizer=tokenizer, max_length=max_length,

@@ -396,3 +396,17 @@ def test_examples_longer_than_the_model_takes_are_refused_before_training(tiny, 
     _refused(capsys, argv + ["--max-length", "128"], "--max-length 128", "at most 64")
     assert not out.exists()
     assert main(argv + ["--max-length", "64"]) == 0  # truncated to what the model takes
+
+
+def test_train_refuses_to_overwrite_a_trained_model(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny["model"], "--data-dir", tiny["glue"], "--output_dir", str(out), *FAST]
+    assert main(argv) == 0
+    before = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "already holds a trained model" in err and err.strip().count("\n") == 0
+    assert (out / "model.safetensors").read_bytes() == before  # nothing a user trained is overwritten

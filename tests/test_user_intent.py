@@ -336,3 +336,34 @@ def test_plain_arguments_in_the_stock_trainer_train_as_stock(tmp_path):
 def test_bad_values_are_refused_naming_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=rf"^{field}=.* is invalid; allowed: "):
         tiny_args(tmp_path / "out", **{field: value})
+
+
+# -- 13.6 in sweeps: every record shows where each value came from
+
+
+def test_sweep_records_show_resolved_values_and_their_sources(tmp_path):
+    from scale_fixtures import save_tiny_bert_with_tokenizer, write_rte
+
+    from hf_stable_ft.experiment import SweepConfig, read_finished_runs, run_sweep
+
+    config = SweepConfig(task="rte", model=str(save_tiny_bert_with_tokenizer(tmp_path / "model")),
+                         recipes=["zhang2021"], seeds=[0], data_dir=str(write_rte(tmp_path / "glue", 32, 16)),
+                         evaluations_per_run=1,
+                         training={"max_steps": 2, "per_device_train_batch_size": 8, "use_cpu": True,
+                                   "learning_rate": 1e-3})
+    run_sweep(config, tmp_path / "sweep", progress=False)
+    settings = read_finished_runs(tmp_path / "sweep" / "runs.jsonl")["zhang2021/seed=0"]["settings"]
+    applied = settings[SETTINGS_KEY]
+    assert applied["settings"]["learning_rate"] == {"value": 1e-3, "source": "explicit"}
+    assert applied["settings"]["weight_decay"] == {"value": 0.0, "source": "recipe zhang2021"}
+    assert settings["reinit_layers"] == applied["applied"]["reinitialized_blocks"] >= 1
+    assert applied["applied"]["updates"] == 2  # the explicit max_steps, not the recipe's 1000-update floor
+
+
+def test_cli_flags_are_never_abbreviations_of_other_flags():
+    from hf_stable_ft.cli import _build_parser, parse_training_flags
+
+    with pytest.raises((SystemExit, ValueError)):
+        parse_training_flags(["--reinit_layer", "2"])  # not silently --reinit_layers 2
+    options, rest = _build_parser().parse_known_args(["sweep", "--output", "o", "--seed", "3"])
+    assert options.seeds != "3" and rest == ["--seed", "3"]  # the training seed, not the sweep's --seeds
