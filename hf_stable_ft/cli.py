@@ -14,102 +14,20 @@ A bad input (a value, a file, a model, an output directory) is refused before an
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import os
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
-from transformers.hf_argparser import string_to_bool
 
 from .args import STABILITY_RECIPES, StableTrainingArguments
+from .field_values import convert_field_value, training_flag_parser
 
 __all__ = ["main", "parse_training_flags"]
-
-
-class _TrainingFlagParser(HfArgumentParser):
-    """``HfArgumentParser`` whose errors are one line (not the usage of every ``TrainingArguments`` field)."""
-
-    def error(self, message):
-        if message.startswith("unrecognized arguments:"):
-            known = [option for action in self._actions for option in action.option_strings]
-            given = [token.split("=", 1)[0] for token in message.split(":", 1)[1].split() if token.startswith("--")]
-            close = sorted({match for token in given for match in difflib.get_close_matches(token, known, n=2)})
-            if close:
-                message += f" (did you mean {' or '.join(close)}?)"
-            message += "; every StableTrainingArguments / TrainingArguments field is a flag: --FIELD VALUE"
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _training_parser(prog: str = "hf-stable-ft") -> HfArgumentParser:
-    parser = _TrainingFlagParser(StableTrainingArguments, add_help=False, prog=prog, allow_abbrev=False)
-    # HfArgumentParser adds ``--no_FIELD`` only for a literal ``True`` default; a recipe-controlled boolean whose
-    # default stands behind a marker (``adam_bias_correction``) keeps its documented ``--no_`` flag here.
-    options = {option for action in parser._actions for option in action.option_strings}
-    hints = typing.get_type_hints(StableTrainingArguments)
-    for item in dataclasses.fields(StableTrainingArguments):
-        default = getattr(item.default, "value", item.default)
-        if default is True and _allows(hints.get(item.name), bool) and f"--no_{item.name}" not in options:
-            parser.add_argument(f"--no_{item.name}", f"--no-{item.name.replace('_', '-')}", action="store_false",
-                                dest=item.name, help=f"set {item.name} to False")
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    return parser
-
-
-def _allows(hint: Any, kind: type) -> bool:
-    """Whether the type annotation ``hint`` admits values of ``kind`` (``X | None``, ``dict[str, bool]``, ...)."""
-    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return any(member is kind or typing.get_origin(member) is kind for member in members)
-
-
-def _expected(action: argparse.Action) -> str:
-    if action.choices is not None:
-        return "one of " + ", ".join(str(choice) for choice in action.choices)
-    if action.type is string_to_bool:
-        return "true or false (also yes/no, 1/0)"
-    kind = getattr(action.type, "__name__", "string") if action.type is not None else "string"
-    return f"a list of {kind} values" if action.nargs in ("+", "*") else f"one {kind} value"
-
-
-def _config_value(parser: HfArgumentParser, action: argparse.Action, hint: Any, value: Any, where: str) -> Any:
-    """``value`` of a config file converted as ``--FIELD value`` would be (type, booleans, choices, nargs)."""
-    if value is None:
-        if _allows(hint, type(None)):
-            return None
-        raise ValueError(f"{where}: null is not allowed; expected {_expected(action)}")
-    if isinstance(value, dict):
-        if _allows(hint, dict):
-            return value
-        raise ValueError(f"{where}: a mapping ({value!r}) is not allowed; expected {_expected(action)}")
-    if isinstance(value, list):
-        if action.nargs not in ("+", "*"):
-            raise ValueError(f"{where}: a list ({value!r}) is not allowed; expected {_expected(action)}")
-        if not value and action.nargs == "+":
-            raise ValueError(f"{where}: an empty list is not allowed; expected {_expected(action)}")
-        items = value
-    else:
-        items = [value]
-    strings = []
-    for item in items:
-        if isinstance(item, bool):
-            strings.append("true" if item else "false")
-        elif isinstance(item, (str, int, float)):
-            strings.append(str(item))  # str(2e-05) == "2e-05": a native float converts back exactly
-        else:
-            raise ValueError(f"{where}: {item!r} ({type(item).__name__}) is not allowed; expected {_expected(action)}")
-    try:
-        return parser._get_values(action, strings)
-    except (argparse.ArgumentError, ValueError) as error:
-        message = getattr(error, "message", str(error))
-        raise ValueError(f"{where}: {message}; expected {_expected(action)}") from None
 
 
 def _read_config(path: Path) -> Any:
@@ -140,7 +58,7 @@ def _config_values(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise ValueError(f"--config {path} must hold a mapping of StableTrainingArguments fields (field: value)")
-    parser = _training_parser()
+    parser = training_flag_parser()
     actions = {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
     unknown = sorted(str(name) for name in loaded if name not in actions)
     if unknown:
@@ -149,7 +67,7 @@ def _config_values(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config {path}: unknown fields {unknown}{hint}; the keys are StableTrainingArguments / "
                          "TrainingArguments field names")
     hints = typing.get_type_hints(StableTrainingArguments)
-    return {name: _config_value(parser, actions[name], hints.get(name), value, f"--config {path}: {name}")
+    return {name: convert_field_value(parser, actions[name], hints.get(name), value, f"--config {path}: {name}")
             for name, value in loaded.items()}
 
 
@@ -169,7 +87,7 @@ def parse_training_flags(argv: list[str], config_file: str | None = None, *, pro
             raise FileNotFoundError(f"--config {path} does not exist" if not path.exists() else
                                     f"--config {path} is not a file")
         values.update(_config_values(path))
-    namespace = _training_parser(prog).parse_args(argv)
+    namespace = training_flag_parser(prog).parse_args(argv)
     values.update(vars(namespace))
     return values
 

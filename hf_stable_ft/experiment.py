@@ -49,8 +49,9 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import set_seed
 
-from .args import STABILITY_RECIPES, StableTrainingArguments
+from .args import StableTrainingArguments
 from .callback import get_fine_tuning_state
+from .recipe_variants import STOCK, RecipeSpec, build_arguments, parse_recipe  # noqa: F401  (STOCK re-exported)
 from .settings_record import SETTINGS_KEY
 from .data import get_task_info, load_glue_task
 from .metrics import constant_prediction_loss, glue_compute_metrics, majority_baseline
@@ -73,7 +74,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STOCK = "stock"
 SWEEP_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"
 
@@ -92,78 +92,7 @@ def default_model() -> str:
 
 DEFAULT_MODEL = "embedded:all-MiniLM-L6-v2"
 
-_STABLE_FIELDS = {f.name for f in dataclasses.fields(StableTrainingArguments)} - {
-    f.name for f in dataclasses.fields(TrainingArguments)
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class RecipeSpec:
-    """A recipe of a sweep: a label, an optional preset and explicit field values on top."""
-
-    label: str
-    preset: str | None
-    overrides: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def is_stock(self) -> bool:
-        return self.preset == STOCK
-
-    def fields(self) -> dict[str, Any]:
-        values = dict(self.overrides)
-        if self.preset not in (None, STOCK):
-            values["stability_recipe"] = self.preset
-        return values
-
-
-def _scalar(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_recipe(text: str) -> RecipeSpec:
-    """Parse ``name`` or ``label=base:field=value:...`` into a :class:`RecipeSpec` (validated early)."""
-    known = sorted(STABILITY_RECIPES) + [STOCK]
-    if "=" not in text.split(":", 1)[0]:
-        if text not in known:
-            raise ValueError(
-                f"unknown recipe {text!r}; known recipes: {', '.join(known)}, or a variant "
-                "'label=base:field=value:...' (base one of those or 'none')"
-            )
-        return RecipeSpec(text, text)
-    label, rest = text.split("=", 1)
-    base, *assignments = rest.split(":")
-    if base not in known + ["none"]:
-        raise ValueError(f"recipe {label!r}: unknown base {base!r}; known: {', '.join(known)}, none")
-    overrides = []
-    for assignment in assignments:
-        if "=" not in assignment:
-            raise ValueError(f"recipe {label!r}: {assignment!r} is not field=value")
-        name, value = assignment.split("=", 1)
-        if name not in {f.name for f in dataclasses.fields(StableTrainingArguments)}:
-            raise ValueError(f"recipe {label!r}: {name!r} is not a StableTrainingArguments field")
-        if base == STOCK and name in _STABLE_FIELDS:
-            raise ValueError(f"recipe {label!r}: the stock Trainer has no {name!r}; use a stable base")
-        overrides.append((name, _scalar(value)))
-    spec = RecipeSpec(label, None if base == "none" else base, tuple(overrides))
-    _training_arguments(spec, {"output_dir": tempfile.gettempdir(), "report_to": "none"})  # validate now
-    return spec
-
-
-def _training_arguments(spec: RecipeSpec, common: dict[str, Any]) -> TrainingArguments:
-    if spec.is_stock:
-        stock_common = {k: v for k, v in common.items() if k not in _STABLE_FIELDS}
-        return TrainingArguments(**stock_common, **dict(spec.overrides))
-    return StableTrainingArguments(**{**common, **spec.fields()})
+_training_arguments = build_arguments  # older name
 
 
 @dataclasses.dataclass

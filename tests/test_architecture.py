@@ -8,7 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_stable_ft"
 
 #: The experiment layer: what builds on the plugin to run studies. Everything else is the plugin core.
-EXPERIMENT_LAYER = {"data", "metrics", "experiment", "report", "demo", "cli"}
+EXPERIMENT_LAYER = {"data", "tasks", "metrics", "records", "recipe_variants", "experiment", "sweep_backends", "report",
+                    "demo", "cli"}
 
 
 def _module_name(path: Path) -> str:

@@ -367,3 +367,17 @@ def test_cli_flags_are_never_abbreviations_of_other_flags():
         parse_training_flags(["--reinit_layer", "2"])  # not silently --reinit_layers 2
     options, rest = _build_parser().parse_known_args(["sweep", "--output", "o", "--seed", "3"])
     assert options.seeds != "3" and rest == ["--seed", "3"]  # the training seed, not the sweep's --seeds
+
+
+def test_recipe_variant_values_are_parsed_as_their_flags():
+    from hf_stable_ft.experiment import parse_recipe
+
+    spec = parse_recipe("v=mosbach2021:adam_bias_correction=no:learning_rate=2e-5:reinit_layers=1")
+    assert dict(spec.overrides) == {"adam_bias_correction": False, "learning_rate": 2e-5, "reinit_layers": 1}
+    assert dict(parse_recipe("s=none:optim=sgd:abort_degenerate_runs=1").overrides) == {
+        "optim": "sgd", "abort_degenerate_runs": True}
+    with pytest.raises(ValueError, match=r"recipe 'v': reinit_layers: .*expected one int value"):
+        parse_recipe("v=mosbach2021:reinit_layers=1.5")
+    with pytest.raises(ValueError, match=r"recipe 'v': 'reinit_layer' is not a StableTrainingArguments field "
+                                         r"\(did you mean reinit_layers"):
+        parse_recipe("v=mosbach2021:reinit_layer=1")
