@@ -25,15 +25,16 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "data": ["datasets>=3.0"],
+        "data": ["datasets>=3.0", "evaluate"],
         "report": ["matplotlib"],
         "peft": ["peft>=0.13"],
         "notebooks": ["nbclient", "nbformat", "ipykernel"],
         "hpsearch": ["optuna", "ray[tune]"],
+        "ray": ["ray[tune]"],  # hf-stable-ft sweep --backend ray (hf_stable_ft.sweep_backends.RayBackend)
         "test": ["pytest", "pytest-timeout", "datasets>=3.0", "matplotlib", "peft>=0.13",
-                 "nbclient", "nbformat", "ipykernel", "optuna", "ray[tune]"],
+                 "nbclient", "nbformat", "ipykernel", "optuna", "ray[tune]", "evaluate"],
         "dev": ["pytest", "pytest-timeout", "datasets>=3.0", "matplotlib", "peft>=0.13",
-                "nbclient", "nbformat", "ipykernel", "optuna", "ray[tune]", "ruff"],
+                "nbclient", "nbformat", "ipykernel", "optuna", "ray[tune]", "evaluate", "ruff"],
     },
     entry_points={"console_scripts": ["hf-stable-ft=hf_stable_ft.cli:main"]},
 )

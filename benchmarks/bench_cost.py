@@ -46,6 +46,14 @@ FEATURES = {
     "ChildTuning_F (p=0.3)": {"child_tuning_mode": "F", "child_tuning_p": 0.3},
     "ChildTuning_D (p=0.3, per step; Fisher pass not timed)": {"child_tuning_mode": "D", "child_tuning_p": 0.3},
     "R3F (r3f_lambda=1, eps=1e-5, uniform)": {"r3f_lambda": 1.0},
+    # Weight averaging: one float32 copy of the trainable weights (not in the memory column, which counts the
+    # preparation snapshot and Mixout buffers) and one lerp per update; RecAdam: a per-step sigmoid and the same lerp
+    # as pretrained WD; restarts cost nothing per step (a restarted attempt costs its own steps again).
+    "EMA of the weights (weight_averaging='ema', decay 0.999)": {"weight_averaging": "ema", "ema_decay": 0.999},
+    "SWA over the last 25% (weight_averaging='swa')": {"weight_averaging": "swa", "swa_start_fraction": 0.75},
+    "RecAdam (pretrained WD 0.01, k=0.1, t0=5)": {"pretrained_weight_decay": 0.01, "recadam_k": 0.1, "recadam_t0": 5},
+    "restart_degenerate_runs=2 (non-finite alarm on, no restart fires)": {
+        "restart_degenerate_runs": 2, "abort_degenerate_runs": True},
     "all of the above": {"adam_bias_correction": False, "layerwise_lr_decay": 0.9, "pretrained_weight_decay": 0.01,
                          "reinit_pooler": True, "reinit_layers": 2, "mixout_prob": 0.1, "diagnostics_steps": 10},
 }
@@ -71,6 +79,10 @@ def run_variant(features, device: str, batch: int, length: int, steps: int, skip
         data = SyntheticBatches(batch * steps, length)
         if features is None:
             trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer])
+        elif features.get("restart_degenerate_runs"):  # restarts rebuild the model: they need model_init
+            trainer = StableTrainer(model_init=lambda: AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=2, dtype=torch.float32), args=StableTrainingArguments(**common, **features),
+                train_dataset=data, callbacks=[timer])
         else:
             trainer = StableTrainer(model=model, args=StableTrainingArguments(**common, **features), train_dataset=data,
                                     callbacks=[timer])
@@ -78,7 +90,8 @@ def run_variant(features, device: str, batch: int, length: int, steps: int, skip
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
         peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-        return timer.times, peak, extra_bytes(model)
+        averaged = getattr(getattr(trainer, "weight_averaging_callback", None), "average", {})  # EMA / SWA copy
+        return timer.times, peak, extra_bytes(trainer.model) + sum(t.numel() * t.element_size() for t in averaged.values())
 
 
 def measure(variants: dict, device: str, batch: int, length: int, steps: int, skip: int, rounds: int, model_path: str):

@@ -15,7 +15,7 @@ from .child_tuning import ChildTuningCallback, child_tuning_d_mask, fisher_infor
 from .distributed import shutdown_distributed
 from .mixout import apply_mixout, has_mixout, remove_mixout
 from .noisytune import noisytune
-from .optim import StableAdamW
+from .optim import StableAdamW, recadam_lambda
 from .optimizer_factory import StableOptimizerFactory, create_stable_optimizer, stable_optimizer
 from .param_groups import build_param_groups, layerwise_lr_groups, snapshot_parameters
 from .preparation import FineTuningState, get_fine_tuning_state, prepare_model
@@ -25,9 +25,13 @@ from .reinit import reinit_top_layers
 from .trainer import StableTrainer
 from .transfer import load_intermediate_checkpoint
 from .version import __version__
+from .weight_averaging import WeightAveragingCallback, load_weight_average
 
 __all__ = [
     "ChildTuningCallback",
+    "WeightAveragingCallback",
+    "load_weight_average",
+    "recadam_lambda",
     "child_tuning_d_mask",
     "fisher_information",
     "noisytune",
@@ -74,7 +78,10 @@ _LAZY = {
     "constant_prediction_loss": "stats",
     "SweepConfig": "experiment", "run_sweep": "experiment", "run_single": "experiment", "train_once": "experiment",
     "run_transfer": "experiment",
-    "write_report": "report", "summarize_runs": "report", "load_runs": "report",
+    "write_report": "report", "summarize_runs": "report", "load_runs": "report", "verdict": "report",
+    "SweepSummary": "report", "runs_to_match": "stats",
+    "Task": "tasks", "DataSpec": "data", "load_task": "data", "compute_metrics_for": "metrics",
+    "RunRecord": "records", "read_records": "records", "RecipeSpec": "recipe_variants", "parse_recipe": "recipe_variants",
 }
 __all__ += sorted(_LAZY)
 

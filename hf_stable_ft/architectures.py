@@ -41,6 +41,8 @@ class EncoderLayout:
             ``reinit_pooler`` and trained at the head's rate.
         supports_layerwise: False where blocks share weights (ALBERT) and "top-L blocks" is undefined.
         note: why the family is special, shown in errors.
+        output_layer: the ``nn.Linear`` with one row per label in the task model (what intermediate-task transfer
+            re-draws or maps row by row).
     """
 
     embeddings: tuple[str, ...]
@@ -50,20 +52,24 @@ class EncoderLayout:
     shared_top: tuple[str, ...] = ()
     supports_layerwise: bool = True
     note: str = ""
+    output_layer: str = "classifier"
 
 
 # model_type -> (base attribute, layout). "{base}" is replaced by the base attribute.
 ENCODER_LAYOUTS: dict[str, tuple[str, EncoderLayout]] = {
     "bert": ("bert", EncoderLayout(("{base}.embeddings",), "{base}.encoder.layer", pooler=("{base}.pooler",))),
-    "roberta": ("roberta", EncoderLayout(("{base}.embeddings",), "{base}.encoder.layer", pooler=("classifier.dense",))),
+    "roberta": ("roberta", EncoderLayout(("{base}.embeddings",), "{base}.encoder.layer", pooler=("classifier.dense",),
+                                         output_layer="classifier.out_proj")),
     "xlm-roberta": (
         "roberta",
-        EncoderLayout(("{base}.embeddings",), "{base}.encoder.layer", pooler=("classifier.dense",)),
+        EncoderLayout(("{base}.embeddings",), "{base}.encoder.layer", pooler=("classifier.dense",),
+                      output_layer="classifier.out_proj"),
     ),
     "electra": (
         "electra",
         EncoderLayout(
-            ("{base}.embeddings", "{base}.embeddings_project"), "{base}.encoder.layer", pooler=("classifier.dense",)
+            ("{base}.embeddings", "{base}.embeddings_project"), "{base}.encoder.layer", pooler=("classifier.dense",),
+            output_layer="classifier.out_proj",
         ),
     ),
     "distilbert": ("distilbert", EncoderLayout(("{base}.embeddings",), "{base}.transformer.layer", pooler=("pre_classifier",))),
@@ -84,6 +90,7 @@ ENCODER_LAYOUTS: dict[str, tuple[str, EncoderLayout]] = {
             "{base}.encoder.layer",
             pooler=("classifier.dense", "{base}.pooler"),
             shared_bottom=("{base}.encoder.relative_attention_bias",),
+            output_layer="classifier.out_proj",
         ),
     ),
     "modernbert": (
@@ -157,6 +164,7 @@ def get_encoder_layout(model: nn.Module, *, need_layerwise: bool = False, purpos
         shared_top=fill(layout.shared_top),
         supports_layerwise=layout.supports_layerwise,
         note=layout.note,
+        output_layer=layout.output_layer,
     )
 
 

@@ -28,7 +28,11 @@ TECHNIQUE_FIELDS: tuple[str, ...] = (
     "adam_bias_correction", "reinit_pooler", "reinit_layers", "layerwise_lr_decay", "pretrained_weight_decay",
     "mixout_prob", "min_train_steps",
     "noisytune_intensity", "child_tuning_mode", "child_tuning_p", "r3f_lambda", "r3f_eps", "r3f_noise_type",
+    "weight_averaging", "ema_decay", "swa_start_fraction", "recadam_k", "recadam_t0",
 )
+
+#: ``weight_averaging`` values: a bias-corrected exponential moving average, or SWA's uniform average.
+WEIGHT_AVERAGING_MODES = ("ema", "swa")
 
 #: ``child_tuning_mode`` values: ChildTuning_F (task-free) and ChildTuning_D (task-driven), Xu et al. 2021.
 CHILD_TUNING_MODES = ("F", "D")
@@ -208,6 +212,45 @@ class StableTrainingArguments(TrainingArguments):
         default="uniform",
         metadata={"help": "R3F noise distribution: 'uniform' (default, as the paper) or 'normal'."},
     )
+    weight_averaging: str | None = field(
+        default=None,
+        metadata={
+            "help": "Average the weights over training and evaluate / save the average: 'ema' keeps the "
+            "zero-debiased exponential moving average avg_t = e_t / (1 - ema_decay^t), e_t = ema_decay*e_(t-1) + "
+            "(1 - ema_decay)*theta_t (Kingma & Ba 2015 sec. 3 bias correction); 'swa' the uniform mean of the "
+            "weights after each update from floor(swa_start_fraction*max_steps)+1 on (Izmailov et al. 2018). "
+            "StableTrainer only. None disables."
+        },
+    )
+    ema_decay: float = field(
+        default=0.999,
+        metadata={"help": "EMA decay beta in (0, 1) for weight_averaging='ema'. Default 0.999."},
+    )
+    swa_start_fraction: float = field(
+        default=0.75,
+        metadata={"help": "SWA averages the updates after this fraction of max_steps, in [0, 1). Default 0.75."},
+    )
+    recadam_k: float = field(
+        default=0.0,
+        metadata={
+            "help": "RecAdam (Chen et al. 2020) annealing rate k > 0: the loss is lambda(t)*task + (1-lambda(t))*"
+            "(pretrained_weight_decay/2)*||theta - theta_pre||^2 with lambda(t) = 1/(1 + exp(-k*(t - recadam_t0))), "
+            "applied as the optimizer-level decay of StableAdamW; needs pretrained_weight_decay > 0. 0 disables."
+        },
+    )
+    recadam_t0: float = field(
+        default=0.0,
+        metadata={"help": "RecAdam's t0 >= 0: the update at which lambda(t) = 1/2. Default 0 (paper default 250)."},
+    )
+    restart_degenerate_runs: int = field(
+        default=0,
+        metadata={
+            "help": "When the degenerate-run alarm stops a run (abort_degenerate_runs=True), train again from the "
+            "pretrained weights with the next seed (seed+1, data_seed+1; head, re-init, data order, optimizer and "
+            "schedule re-drawn), at most N times within one train() call; every attempt is recorded. Needs "
+            "StableTrainer with model_init. 0 disables."
+        },
+    )
 
     def __post_init__(self):
         self._apply_recipe()
@@ -270,6 +313,34 @@ class StableTrainingArguments(TrainingArguments):
         require(_is_finite_number(self.r3f_lambda) and self.r3f_lambda >= 0, "r3f_lambda", "a finite float >= 0")
         require(_is_finite_number(self.r3f_eps) and self.r3f_eps > 0, "r3f_eps", "a finite float > 0")
         require(self.r3f_noise_type in R3F_NOISE_TYPES, "r3f_noise_type", "'uniform' or 'normal'")
+        require(self.weight_averaging is None or self.weight_averaging in WEIGHT_AVERAGING_MODES,
+                "weight_averaging", "None, 'ema' or 'swa'")
+        require(_is_finite_number(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", "a float in (0, 1)")
+        require(_is_finite_number(self.swa_start_fraction) and 0 <= self.swa_start_fraction < 1,
+                "swa_start_fraction", "a float in [0, 1)")
+        if self.weight_averaging is not None and self.load_best_model_at_end:
+            raise ValueError(
+                f"weight_averaging={self.weight_averaging!r} with load_best_model_at_end=True is refused: the "
+                "checkpoints hold the training weights (what a resume continues), not the average the evaluation "
+                "scored, so the 'best' model loaded would not be the one evaluated; drop one of them"
+            )
+        require(_is_finite_number(self.recadam_k) and self.recadam_k >= 0, "recadam_k", "a finite float >= 0")
+        require(_is_finite_number(self.recadam_t0) and self.recadam_t0 >= 0, "recadam_t0", "a finite float >= 0")
+        if self.recadam_k > 0 and not self.pretrained_weight_decay > 0:
+            raise ValueError(
+                f"recadam_k={self.recadam_k} anneals the pretrained weight decay, but pretrained_weight_decay="
+                f"{self.pretrained_weight_decay}; allowed: recadam_k > 0 only with pretrained_weight_decay > 0 "
+                "(it is the strength of the quadratic penalty), or recadam_k=0"
+            )
+        require(integer("restart_degenerate_runs") and self.restart_degenerate_runs >= 0, "restart_degenerate_runs",
+                "an integer >= 0")
+        if self.restart_degenerate_runs > 0 and not self.abort_degenerate_runs:
+            raise ValueError(
+                f"restart_degenerate_runs={self.restart_degenerate_runs} restarts a run the degenerate-run alarm "
+                "stopped, but abort_degenerate_runs=False; allowed: restart_degenerate_runs > 0 only with "
+                "abort_degenerate_runs=True (and degenerate_check_fraction > 0 for the loss test; the non-finite "
+                "test is always on)"
+            )
         # TrainingArguments leaves these to fail (or train to NaN) deep inside the optimizer.
         require(_is_finite_number(self.learning_rate) and self.learning_rate >= 0, "learning_rate", "a finite float >= 0")
         require(_is_finite_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite float >= 0")
@@ -302,6 +373,8 @@ class StableTrainingArguments(TrainingArguments):
             settings.append(f"layerwise_lr_decay={self.layerwise_lr_decay}")
         if self.pretrained_weight_decay > 0:
             settings.append(f"pretrained_weight_decay={self.pretrained_weight_decay}")
+        if self.recadam_k > 0:
+            settings.append(f"recadam_k={self.recadam_k}")
         return settings
 
     # -- what the Trainer calls
@@ -331,7 +404,14 @@ class StableTrainingArguments(TrainingArguments):
             )
 
     def _check_stable_trainer(self) -> None:
-        needs = self.settings_needing_stable_trainer()
+        others = self._stable_trainer_only_settings()
+        if others and not getattr(self, "_in_stable_trainer", False):
+            raise RuntimeError(
+                f"{', '.join(others)} are applied only by StableTrainer (averaged weights swapped in for evaluation "
+                "and saving, stored in checkpoints; restarts rebuild the model with model_init inside train()); the "
+                "stock Trainer would silently train without them. Use StableTrainer (hf_stable_ft.StableTrainer)."
+            )
+        needs = [s for s in self.settings_needing_stable_trainer() if s not in others]
         if needs and not getattr(self, "_in_stable_trainer", False):
             raise RuntimeError(
                 f"{', '.join(needs)} changes the training loss, which only StableTrainer's compute_loss applies; the "
@@ -342,9 +422,19 @@ class StableTrainingArguments(TrainingArguments):
     # -- derived facts
 
     def settings_needing_stable_trainer(self) -> list[str]:
-        """The settings only :class:`~hf_stable_ft.StableTrainer` applies (they change the loss, which no callback
-        can): R3F."""
-        return [f"r3f_lambda={self.r3f_lambda}"] if self.r3f_lambda > 0 else []
+        """The settings only :class:`~hf_stable_ft.StableTrainer` applies: R3F (it changes the loss, which no
+        callback can), weight averaging (evaluation and saving swap in the average) and restarts (``train()`` itself
+        re-draws the run)."""
+        return ([f"r3f_lambda={self.r3f_lambda}"] if self.r3f_lambda > 0 else []) + self._stable_trainer_only_settings()
+
+    def _stable_trainer_only_settings(self) -> list[str]:
+        """Weight averaging and restarts: they act on evaluation, saving and ``train()`` itself."""
+        needs = []
+        if self.weight_averaging is not None:
+            needs.append(f"weight_averaging={self.weight_averaging!r}")
+        if self.restart_degenerate_runs > 0:
+            needs.append(f"restart_degenerate_runs={self.restart_degenerate_runs}")
+        return needs
 
     def settings_needing_callback(self) -> list[str]:
         """The settings the stock Trainer ignores unless :class:`~hf_stable_ft.StableFineTuningCallback` runs."""

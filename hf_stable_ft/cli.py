@@ -93,9 +93,28 @@ def parse_training_flags(argv: list[str], config_file: str | None = None, *, pro
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="rte", help="GLUE task (rte, cola, mrpc, stsb, sst2, qnli, qqp, mnli, mnli_subset)")
+    parser.add_argument("--task", default=None, help="GLUE task (rte, cola, mrpc, stsb, sst2, qnli, qqp, mnli, "
+                        "mnli_subset; default rte), or give your own data with --train-file/--dataset")
     parser.add_argument("--model", default=None, help="model path or Hub name (default: the embedded all-MiniLM-L6-v2)")
     parser.add_argument("--data-dir", default=None, help="GLUE directory (default: $GLUE_DIR)")
+    data = parser.add_argument_group("your own data (instead of --task)")
+    data.add_argument("--train-file", default=None, help="training data: CSV, TSV, JSON, JSON lines or Parquet")
+    data.add_argument("--validation-file", default=None, help="validation data (same formats)")
+    data.add_argument("--test-file", default=None, help="labelled test data (optional; without it the validation "
+                      "split is halved per class under --protocol zhang2021)")
+    data.add_argument("--dataset", default=None, help="a save_to_disk directory, a local dataset folder, or (online) "
+                      "a Hub dataset name with train and validation splits")
+    data.add_argument("--dataset-config", default=None, help="configuration of --dataset")
+    data.add_argument("--text-columns", default=None, help="text column, or two for pairs: a or a,b (default: "
+                      "sentence1,sentence2, text or sentence when present)")
+    data.add_argument("--label-column", default=None, help="label column (default: label)")
+    data.add_argument("--task-kind", default=None, choices=["classification", "regression"],
+                      help="default: inferred from the label column (integers/strings: classes, floats: regression)")
+    data.add_argument("--metric", default=None, help="accuracy, f1, f1_macro, mcc, pearson, spearman, or an evaluate "
+                      "module: a local metric folder, or a Hub name when online (default: accuracy / spearman)")
+    data.add_argument("--metric-key", default=None, help="primary key of an evaluate module's result")
+    data.add_argument("--metric-direction", default=None, choices=["higher", "lower"],
+                      help="is a higher or a lower score of an evaluate module better (default higher)")
     parser.add_argument("--protocol", default=None, choices=["glue", "zhang2021"], help="evaluation protocol")
     parser.add_argument("--train-size", type=int, default=None, help="class-stratified training sample size")
     parser.add_argument("--max-length", type=int, default=128)
@@ -152,6 +171,18 @@ def _positive_int(text) -> int:
     return value
 
 
+def _gpu_share(text) -> float:
+    """``--gpus-per-run``: 0, a fraction of one GPU (0 < F < 1) or a whole number of GPUs."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or not value >= 0 or value == float("inf") or (value > 1 and value != int(value)):
+        raise _FlagValueError(f"invalid value {text!r}; allowed: 0, a fraction of one GPU (e.g. 0.25 packs 4 runs on "
+                              "a GPU) or a whole number of GPUs")
+    return value
+
+
 def _fail(command: str, error: BaseException) -> None:
     """A refused command: one line on stderr, exit code 2."""
     message = " ".join(str(error).split())
@@ -192,6 +223,17 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true",
                        help="start over: the previous records are moved aside to runs.jsonl.bak-<time>, not deleted")
     sweep.add_argument("--report", action="store_true", help="write the report when the sweep ends")
+    sweep.add_argument("--backend", default="local", choices=["local", "ray"],
+                       help="where the runs execute: local (one after another here) or ray (one Ray task per run; "
+                            "pip install 'hf_stable_ft[ray]')")
+    sweep.add_argument("--address", default=None, help="--backend ray: auto (the Ray running on this machine) or "
+                       "HOST:PORT of a cluster's head (default: start Ray on this machine)")
+    sweep.add_argument("--cpus-per-run", type=_positive_int, default=None,
+                       help="--backend ray: CPUs (and torch threads) per run (default 1)")
+    sweep.add_argument("--gpus-per-run", type=_gpu_share, default=None,
+                       help="--backend ray: GPUs per run; a fraction packs runs on one GPU, e.g. 0.25 (default 0)")
+    sweep.add_argument("--max-concurrent", type=_positive_int, default=None,
+                       help="--backend ray: runs in flight at most (default: as the cluster's resources allow)")
 
     transfer = commands.add_parser("transfer", allow_abbrev=False, help="intermediate task (e.g. MNLI) then the target task")
     _add_data_options(transfer)
@@ -223,11 +265,41 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DATA_FLAGS = ("train_file", "validation_file", "test_file", "dataset", "dataset_config", "text_columns",
+               "label_column", "task_kind", "metric", "metric_key", "metric_direction")
+
+
+def _data_spec(options) -> dict[str, Any] | None:
+    """The user's data flags as a DataSpec dict (None: a GLUE ``--task``, default rte); sets ``options.task``.
+    Bad combinations are a ValueError naming the flags."""
+    given = {name: getattr(options, name, None) for name in _DATA_FLAGS if getattr(options, name, None) is not None}
+    source = [f"--{name.replace('_', '-')}" for name in ("train_file", "validation_file", "test_file", "dataset")
+              if name in given]
+    if not source:
+        if given:
+            flag = f"--{next(iter(given)).replace('_', '-')}"
+            raise ValueError(f"{flag} applies to your own data: give --train-file F --validation-file F or --dataset "
+                             f"NAME with it (a GLUE --task has its columns, kind and metric built in)")
+        options.task = options.task or "rte"
+        return None
+    if options.task is not None:
+        raise ValueError(f"--task {options.task} and {source[0]} exclude each other: --task is a GLUE task, "
+                         f"{source[0]} your own data; pass one")
+    if getattr(options, "data_dir", None) is not None and options.command != "transfer":  # transfer: stage 1's
+        raise ValueError(f"--data-dir is the GLUE directory; with {source[0]} it is not used: drop it")
+    from .data import DataSpec
+
+    spec = DataSpec(**{"label_column": "label", **given})
+    options.task = spec.task_name
+    return spec.to_dict()
+
+
 def _sweep_config(options, training: dict[str, Any], recipes: list[str], seeds: list[int], model=None,
                   label_map=None):
     from .experiment import DEFAULT_MODEL, SweepConfig
 
     return SweepConfig(
+        data=getattr(options, "data_spec", None),
         task=options.task,
         model=model or options.model or DEFAULT_MODEL,
         recipes=recipes,
@@ -266,6 +338,8 @@ def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: lis
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     training = parse_training_flags(rest, getattr(options, "config", None), prog=f"hf-stable-ft {options.command}"
                                     ) if options.command in ("train", "sweep", "transfer") else {}
+    if options.command in ("train", "sweep", "transfer"):
+        options.data_spec = _data_spec(options)
 
     if options.command == "report":
         from .report import write_report
@@ -290,11 +364,15 @@ def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: lis
 
     if options.command == "sweep":
         from .experiment import SweepDirectoryLocked, run_sweep
+        from .sweep_backends import make_backend
 
         try:
             config = _sweep_config(options, training, options.recipes.split(","), _seeds(options.seeds),
                                    label_map=_label_map(options.label_map))
-            path = run_sweep(config, options.output, resume=options.resume, overwrite=options.overwrite)
+            backend = make_backend(options.backend, address=options.address, cpus_per_run=options.cpus_per_run,
+                                   gpus_per_run=options.gpus_per_run, max_concurrent=options.max_concurrent)
+            path = run_sweep(config, options.output, resume=options.resume, overwrite=options.overwrite,
+                             backend=backend)
         except (ValueError, FileNotFoundError, SweepDirectoryLocked) as error:
             _fail("sweep", error)
         print(f"runs recorded in {path}")
@@ -310,6 +388,7 @@ def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: lis
         result = train_once(
             task=options.task, model=options.model, training=training, data_dir=options.data_dir,
             protocol=options.protocol or "glue", train_size=options.train_size, max_length=options.max_length,
+            data=options.data_spec,
         )
         print(json.dumps(result, indent=2))
         return 0
@@ -323,7 +402,7 @@ def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: lis
             training=training, seeds=_seeds(options.seeds), data_dir=options.data_dir,
             protocol=options.protocol or "zhang2021", train_size=options.train_size,
             intermediate_train_size=options.intermediate_train_size, max_length=options.max_length,
-            evaluations_per_run=options.evaluations,
+            evaluations_per_run=options.evaluations, data=options.data_spec,
         )
         print(json.dumps(result, indent=2))
         return 0

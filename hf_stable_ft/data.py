@@ -36,34 +36,52 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .tasks import (
+    CLASSIFICATION,
+    GLUE_HUB_DATASET,
+    GLUE_TASKS,
+    REGRESSION,
+    TASK_KINDS,
+    FileFormat,
+    GlueTaskInfo,
+    Task,
+    get_glue_task,
+    glue_task_key,
+    glue_task_names,
+    normalise_task_name,
+)
+
 __all__ = [
     "GLUE_HUB_DATASET",
     "PROTOCOLS",
     "ZHANG2021_VALIDATION_SIZE",
+    "DataSpec",
     "GlueFormatError",
     "GlueTaskInfo",
+    "Task",
     "get_task_info",
     "glue_task_names",
     "load_glue_split",
     "load_glue_task",
-    "tokenize_glue",
+    "load_task",
+    "split_per_class",
     "stratification_keys",
     "stratified_sample",
-    "split_per_class",
+    "tokenize_glue",
 ]
 
-GLUE_HUB_DATASET = "nyu-mll/glue"
 PROTOCOLS = ("glue", "zhang2021")
 ZHANG2021_VALIDATION_SIZE = 1000
 STSB_SCORE_BINS = 5  # STS-B scores in [0, 5] -> bins [0,1), [1,2), [2,3), [3,4), [4,5]
@@ -80,191 +98,26 @@ class GlueFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Task facts
+# Task facts: one row per GLUE task in hf_stable_ft.tasks.GLUE_TASKS
 # --------------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class GlueTaskInfo:
-    """What a model, a metric and a data loader need to know about one GLUE task.
-
-    Attributes:
-        name: canonical GLUE name (``"RTE"``, ``"SST-2"``, ``"STS-B"`` ...).
-        hub_config: configuration name in the Hub dataset ``nyu-mll/glue``.
-        label_names: class names in the Hub's label order (index = label id); empty for STS-B.
-        primary_metric: key of the score Zhang et al. (2021) report (RTE accuracy, MRPC F1,
-            STS-B Spearman, CoLA Matthews correlation, accuracy elsewhere); use it as
-            ``metric_for_best_model``.
-        metric_names: every key :func:`hf_stable_ft.metrics.glue_compute_metrics` returns for the task.
-        text_columns: ``("sentence1",)`` for single-sentence tasks, ``("sentence1", "sentence2")`` for pairs.
-        small: one of the four small tasks whose GLUE dev is split into validation and test under the
-            ``zhang2021`` protocol (otherwise validation is carved out of train).
-    """
-
-    name: str
-    hub_config: str
-    label_names: tuple[str, ...]
-    primary_metric: str
-    metric_names: tuple[str, ...]
-    text_columns: tuple[str, ...]
-    small: bool
-
-    @property
-    def is_regression(self) -> bool:
-        return not self.label_names
-
-    @property
-    def num_labels(self) -> int:
-        """Model outputs: the number of classes, 1 for regression (STS-B)."""
-        return len(self.label_names) if self.label_names else 1
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return {i: name for i, name in enumerate(self.label_names)} if self.label_names else {0: "score"}
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in self.id2label.items()}
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``AutoModelForSequenceClassification.from_pretrained`` of this task."""
-        kwargs: dict[str, Any] = {"num_labels": self.num_labels, "id2label": self.id2label, "label2id": self.label2id}
-        if self.is_regression:
-            kwargs["problem_type"] = "regression"
-        return kwargs
-
-    def features(self):
-        """The ``datasets.Features`` of a normalised split of this task."""
-        import datasets
-
-        columns = {column: datasets.Value("string") for column in self.text_columns}
-        label = datasets.Value("float32") if self.is_regression else datasets.ClassLabel(names=list(self.label_names))
-        return datasets.Features({**columns, "label": label, "idx": datasets.Value("int64")})
-
-
-_PAIR = ("sentence1", "sentence2")
-_SINGLE = ("sentence1",)
-_NLI3 = ("entailment", "neutral", "contradiction")
-_NLI2 = ("entailment", "not_entailment")
-
-_TASKS: dict[str, GlueTaskInfo] = {
-    "rte": GlueTaskInfo("RTE", "rte", _NLI2, "accuracy", ("accuracy",), _PAIR, small=True),
-    "mrpc": GlueTaskInfo("MRPC", "mrpc", ("not_equivalent", "equivalent"), "f1", ("accuracy", "f1"), _PAIR, small=True),
-    "stsb": GlueTaskInfo("STS-B", "stsb", (), "spearmanr", ("pearson", "spearmanr"), _PAIR, small=True),
-    "cola": GlueTaskInfo(
-        "CoLA",
-        "cola",
-        ("unacceptable", "acceptable"),
-        "matthews_correlation",
-        ("matthews_correlation",),
-        _SINGLE,
-        small=True,
-    ),
-    "sst2": GlueTaskInfo("SST-2", "sst2", ("negative", "positive"), "accuracy", ("accuracy",), _SINGLE, small=False),
-    "qnli": GlueTaskInfo("QNLI", "qnli", _NLI2, "accuracy", ("accuracy",), _PAIR, small=False),
-    "qqp": GlueTaskInfo(
-        "QQP", "qqp", ("not_duplicate", "duplicate"), "accuracy", ("accuracy", "f1"), _PAIR, small=False
-    ),
-    "mnli": GlueTaskInfo("MNLI", "mnli", _NLI3, "accuracy", ("accuracy",), _PAIR, small=False),
-}
-# Local layouts that are not GLUE tasks of their own: key -> task key.
-_ALIASES = {"mnlisubset": "mnli"}
-
-
-def _normalise_name(task: str) -> str:
-    return str(task).lower().replace("-", "").replace("_", "").replace(" ", "")
-
-
-def glue_task_names() -> list[str]:
-    """Accepted task names (case, ``-`` and ``_`` are ignored: ``"SST-2"`` = ``"sst2"``)."""
-    return [info.name for info in _TASKS.values()] + ["MNLI_subset"]
+_FileFormat = FileFormat  # compatibility names of the merged table's parts
+_LAYOUTS = GLUE_TASKS
+_normalise_name = normalise_task_name
 
 
 def _task_key(task: str) -> str:
-    key = _normalise_name(task)
-    if key not in _TASKS and key not in _ALIASES:
-        raise ValueError(f"unknown GLUE task {task!r}; known tasks: {', '.join(glue_task_names())}")
-    return key
+    return glue_task_key(task)
 
 
-def get_task_info(task: str) -> GlueTaskInfo:
-    """The :class:`GlueTaskInfo` of ``task`` (``"mnli_subset"`` gives MNLI's)."""
-    key = _task_key(task)
-    return _TASKS[_ALIASES.get(key, key)]
+def get_task_info(task: str | Task) -> Task:
+    """The :class:`~hf_stable_ft.tasks.Task` of a GLUE task (``"mnli_subset"`` gives MNLI's); a Task is returned
+    as is. ``Task`` is the same class (compatibility name)."""
+    return get_glue_task(task)
 
 
-# --------------------------------------------------------------------------------------------------
-# File formats
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _FileFormat:
-    """Where a task's fields are in its files.
-
-    ``columns`` is the fixed column list of header-less files (CoLA); otherwise the first row is a header
-    that must contain every named field. ``idx`` names the column holding the example id, if any (the
-    0-based data-row number is used otherwise, as on the Hub).
-    """
-
-    text: tuple[str, ...]
-    label: str
-    idx: str | None = None
-    columns: tuple[str, ...] | None = None
-    jsonl: bool = False
-
-    def describe(self) -> str:
-        if self.jsonl:
-            return "JSON lines with keys " + ", ".join(self.text + (self.label,) + ((self.idx,) if self.idx else ()))
-        if self.columns:
-            return "TSV without header row, columns: " + " ".join(self.columns)
-        fields = self.text + (self.label,) + ((self.idx,) if self.idx else ())
-        return "TSV with a header row naming (at least) " + ", ".join(repr(f) for f in fields)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """A task folder of the GLUE layout: ``<data_dir>/<folder>/<file>``."""
-
-    folder: str
-    files: dict[str, str]  # "train" / "dev" -> file name
-    format: _FileFormat
-    extra_dev: dict[str, str] = field(default_factory=dict)  # DatasetDict key -> file, loaded when present
-
-
-_MNLI_TSV = _FileFormat(("sentence1", "sentence2"), "gold_label", idx="index")
-_LAYOUTS: dict[str, _Layout] = {
-    "rte": _Layout("RTE", {"train": "train.tsv", "dev": "dev.tsv"}, _FileFormat(_PAIR, "label", idx="index")),
-    "mrpc": _Layout(
-        "MRPC", {"train": "train.tsv", "dev": "dev.tsv"}, _FileFormat(("#1 String", "#2 String"), "Quality")
-    ),
-    "stsb": _Layout("STS-B", {"train": "train.tsv", "dev": "dev.tsv"}, _FileFormat(_PAIR, "score", idx="index")),
-    "cola": _Layout(
-        "CoLA",
-        {"train": "train.tsv", "dev": "dev.tsv"},
-        _FileFormat(("sentence",), "label", columns=("source", "label", "original_label", "sentence")),
-    ),
-    "sst2": _Layout("SST-2", {"train": "train.tsv", "dev": "dev.tsv"}, _FileFormat(("sentence",), "label")),
-    "qnli": _Layout(
-        "QNLI", {"train": "train.tsv", "dev": "dev.tsv"}, _FileFormat(("question", "sentence"), "label", idx="index")
-    ),
-    "qqp": _Layout(
-        "QQP",
-        {"train": "train.tsv", "dev": "dev.tsv"},
-        _FileFormat(("question1", "question2"), "is_duplicate", idx="id"),
-    ),
-    "mnli": _Layout(
-        "MNLI",
-        {"train": "train.tsv", "dev": "dev_matched.tsv"},
-        _MNLI_TSV,
-        extra_dev={"validation_mismatched": "dev_mismatched.tsv"},
-    ),
-    "mnlisubset": _Layout(
-        "MNLI_subset",
-        {"train": "train.jsonl", "dev": "dev.jsonl"},
-        _FileFormat(("premise", "hypothesis"), "label", idx="idx", jsonl=True),
-    ),
-}
+def _not_on_hub(key: str) -> bool:
+    return GLUE_TASKS[key].hub_text_columns is None
 
 
 def _layout_help(key: str) -> str:
@@ -273,7 +126,7 @@ def _layout_help(key: str) -> str:
     return f"GLUE layout for {layout.folder}: {files} ({layout.format.describe()})"
 
 
-def _parse_label(value: Any, info: GlueTaskInfo, path: Path, line: int) -> int | float:
+def _parse_label(value: Any, info: Task, path: Path, line: int) -> int | float:
     """A raw label -> label id (classification: the label name or its id) or float score (STS-B)."""
     if info.is_regression:
         try:
@@ -299,7 +152,7 @@ def _parse_idx(value: Any, path: Path, line: int) -> int:
         raise GlueFormatError(path, line, f"example id {value!r} is not an integer") from None
 
 
-def _empty_columns(info: GlueTaskInfo) -> dict[str, list]:
+def _empty_columns(info: Task) -> dict[str, list]:
     return {column: [] for column in (*info.text_columns, "label", "idx")}
 
 
@@ -328,7 +181,7 @@ def _no_csv_field_limit():
         csv.field_size_limit(previous)
 
 
-def _read_tsv(path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, list]:
+def _read_tsv(path: Path, fmt: _FileFormat, info: Task) -> dict[str, list]:
     """Read one GLUE TSV file (``csv`` with ``QUOTE_NONE``: GLUE sentences contain bare quotes)."""
     text = _read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -339,7 +192,7 @@ def _read_tsv(path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, lis
         raise GlueFormatError(path, reader.line_num, f"cannot read the TSV row ({exc}); expected {fmt.describe()}") from None
 
 
-def _read_tsv_rows(reader, path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, list]:
+def _read_tsv_rows(reader, path: Path, fmt: _FileFormat, info: Task) -> dict[str, list]:
     out = _empty_columns(info)
     header = fmt.columns
     if header is None:
@@ -367,7 +220,7 @@ def _read_tsv_rows(reader, path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> 
     return out
 
 
-def _read_jsonl(path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, list]:
+def _read_jsonl(path: Path, fmt: _FileFormat, info: Task) -> dict[str, list]:
     """Read JSON lines ``{idx, premise, hypothesis, label}`` (the ``MNLI_subset`` layout)."""
     out = _empty_columns(info)
     with io.StringIO(_read_text(path)) as handle:
@@ -389,7 +242,7 @@ def _read_jsonl(path: Path, fmt: _FileFormat, info: GlueTaskInfo) -> dict[str, l
     return out
 
 
-def _to_dataset(columns: dict[str, list], info: GlueTaskInfo):
+def _to_dataset(columns: dict[str, list], info: Task):
     import datasets
 
     return datasets.Dataset.from_dict(columns, features=info.features())
@@ -447,16 +300,6 @@ def _read_file(path: Path, key: str):
     return _to_dataset(columns, info)
 
 
-_HUB_TEXT_COLUMNS = {
-    "rte": ("sentence1", "sentence2"),
-    "mrpc": ("sentence1", "sentence2"),
-    "stsb": ("sentence1", "sentence2"),
-    "cola": ("sentence",),
-    "sst2": ("sentence",),
-    "qnli": ("question", "sentence"),
-    "qqp": ("question1", "question2"),
-    "mnli": ("premise", "hypothesis"),
-}
 _HUB_SPLITS = {"train": "train", "dev": "validation"}
 _HUB_MNLI_SPLITS = {"train": "train", "dev": "validation_matched", "validation_mismatched": "validation_mismatched"}
 
@@ -471,7 +314,7 @@ def _hub_offline() -> bool:
 def _no_source_error(key: str, reason: str) -> FileNotFoundError:
     info = get_task_info(key)
     local = f"pass data_dir= (or set GLUE_DIR) to a directory in the standard GLUE layout — {_layout_help(key)}"
-    if key in _ALIASES:
+    if _not_on_hub(key):
         return FileNotFoundError(f"cannot load {_LAYOUTS[key].folder}: {reason}; it is not on the Hub, so {local}.")
     hub = f"the Hub dataset {GLUE_HUB_DATASET!r} (configuration {info.hub_config!r})"
     remedy = f"unset HF_HUB_OFFLINE to download {hub}" if _hub_offline() else f"make {hub} reachable"
@@ -480,7 +323,7 @@ def _no_source_error(key: str, reason: str) -> FileNotFoundError:
 
 def _load_hub_splits(key: str) -> dict[str, Any]:
     """The Hub's splits of ``key`` renamed to the normalised columns; keys ``train``, ``dev`` (+ MNLI extra)."""
-    if key in _ALIASES:
+    if _not_on_hub(key):
         raise _no_source_error(key, "no data_dir was given and GLUE_DIR is not set")
     import datasets
 
@@ -493,7 +336,7 @@ def _load_hub_splits(key: str) -> dict[str, Any]:
     out = {}
     for name, hub_split in splits.items():
         dataset = raw[hub_split]
-        renames = {src: dst for src, dst in zip(_HUB_TEXT_COLUMNS[key], info.text_columns, strict=True) if src != dst}
+        renames = {src: dst for src, dst in zip(GLUE_TASKS[key].hub_text_columns, info.text_columns, strict=True) if src != dst}
         dataset = dataset.rename_columns(renames).select_columns([*info.text_columns, "label", "idx"])
         out[name] = dataset.cast(info.features())
     return out
@@ -621,11 +464,11 @@ def _labels(dataset) -> np.ndarray:
     return np.asarray(dataset["label"][:])
 
 
-def _keys(dataset, info: GlueTaskInfo) -> np.ndarray:
-    return stratification_keys(_labels(dataset), info.is_regression)
+def _keys(dataset, info: Task) -> np.ndarray:
+    return info.stratification_keys(_labels(dataset))
 
 
-def _downsample(train, info: GlueTaskInfo, train_size: int | None, seed: int, where: str):
+def _downsample(train, info: Task, train_size: int | None, seed: int, where: str):
     if train_size is None:
         return train
     if train_size > len(train):
@@ -735,3 +578,410 @@ def load_glue_task(
     if tokenizer is not None:
         result = tokenize_glue(result, tokenizer, key, max_length)
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Any dataset: data files, a saved dataset, a local dataset folder or a Hub dataset
+# --------------------------------------------------------------------------------------------------
+
+#: File suffix -> ``datasets`` builder (``.tsv`` is CSV with a tab delimiter).
+DATA_FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
+                     ".pq": "parquet"}
+_SPLIT_FLAGS = {"train": "--train-file", "validation": "--validation-file", "test": "--test-file"}
+_VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+#: Regression scores are stratified into this many quantile bins of the training scores.
+SCORE_BINS = 5
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A user's task: where its data are, which columns hold text and label, its kind and metric.
+
+    Either files (``train_file`` and ``validation_file``, optional ``test_file``: CSV, TSV, JSON, JSON lines or
+    Parquet, read by ``datasets.load_dataset``) or ``dataset``: a ``save_to_disk`` directory, a local dataset
+    folder, or (online) a Hub dataset name with optional ``dataset_config``. ``text_columns`` (one, or two for
+    pairs; default: ``sentence1,sentence2``, ``text`` or ``sentence`` when present), ``label_column``
+    (default ``label``), ``task_kind`` (``classification`` / ``regression``; default: inferred from the label
+    column), ``metric`` / ``metric_key`` / ``metric_direction`` (see :func:`hf_stable_ft.metrics.task_with_metric`)
+    and ``name`` (the task's name in records; default: the dataset name or the training file's stem).
+    """
+
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    text_columns: tuple[str, ...] | None = None
+    label_column: str = "label"
+    task_kind: str | None = None
+    metric: str | None = None
+    metric_key: str | None = None
+    metric_direction: str | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.text_columns, str):
+            object.__setattr__(self, "text_columns", tuple(c.strip() for c in self.text_columns.split(",")))
+        elif self.text_columns is not None:
+            object.__setattr__(self, "text_columns", tuple(self.text_columns))
+        files = [self.train_file, self.validation_file, self.test_file]
+        if self.dataset is not None and any(files):
+            raise ValueError("--dataset and --train-file/--validation-file/--test-file exclude each other; pass one "
+                             "data source")
+        if self.dataset is None:
+            if not self.train_file or not self.validation_file:
+                missing = "--train-file" if not self.train_file else "--validation-file"
+                raise ValueError(f"{missing} is missing: data files need --train-file F and --validation-file F "
+                                 "(--test-file F optional), or pass --dataset NAME")
+        elif self.dataset_config is not None and not self.dataset:
+            raise ValueError("--dataset-config needs --dataset")
+        if self.dataset is None and self.dataset_config is not None:
+            raise ValueError("--dataset-config needs --dataset")
+        if self.text_columns is not None and (not 1 <= len(self.text_columns) <= 2 or not all(self.text_columns)):
+            raise ValueError(f"--text-columns {','.join(self.text_columns)} is invalid; allowed: one column, or two "
+                             "separated by a comma (a text pair), e.g. --text-columns question,passage")
+        if not self.label_column:
+            raise ValueError("--label-column is empty; allowed: the name of the label column")
+        if self.text_columns is not None and self.label_column in self.text_columns:
+            raise ValueError(f"--label-column {self.label_column} is also one of --text-columns; allowed: a column "
+                             "that is not a text column")
+        if self.task_kind is not None and self.task_kind not in TASK_KINDS:
+            raise ValueError(f"--task-kind {self.task_kind} is invalid; allowed: {', '.join(TASK_KINDS)}")
+        if self.metric_direction not in (None, "higher", "lower"):
+            raise ValueError(f"--metric-direction {self.metric_direction} is invalid; allowed: higher, lower")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (``sweep.json``, records' settings); :meth:`from_dict` reads it back."""
+        values = dataclasses.asdict(self)
+        if values["text_columns"] is not None:
+            values["text_columns"] = list(values["text_columns"])
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | DataSpec) -> DataSpec:
+        if isinstance(values, DataSpec):
+            return values
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown data options {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @property
+    def task_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.dataset:
+            return Path(self.dataset.rstrip("/")).name or self.dataset
+        return Path(self.train_file).stem
+
+    def where(self, split: str) -> str:
+        """The flag and source of a split, for messages: ``--train-file data/train.csv``."""
+        if self.dataset is not None:
+            return f"--dataset {self.dataset} ({split} split)"
+        return f"{_SPLIT_FLAGS[split]} {getattr(self, f'{split}_file')}"
+
+
+def _read_data_file(path_text: str, flag: str):
+    """One data file as a ``datasets.Dataset`` through ``datasets.load_dataset``."""
+    import datasets
+
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{flag} {path_text}: the file {what}; allowed: a CSV, TSV, JSON, JSON-lines or "
+                                "Parquet file")
+    suffixes = [s.lower() for s in path.suffixes]
+    suffix = next((s for s in reversed(suffixes) if s in DATA_FILE_FORMATS), None)
+    if suffix is None:
+        raise ValueError(f"{flag} {path_text}: unknown file type {path.suffix or '(no suffix)'!r}; allowed: "
+                         f"{', '.join(DATA_FILE_FORMATS)}")
+    builder = DATA_FILE_FORMATS[suffix]
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    if path.stat().st_size == 0:
+        raise ValueError(f"{flag} {path_text}: the split is empty (an empty file); allowed: a file with at least one "
+                         "example")
+    quiet = not datasets.utils.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()  # one "Generating train split" bar per file says nothing useful here
+    try:
+        return datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    except Exception as error:
+        if "corresponds to no data" in str(error):  # a header row and no example
+            raise ValueError(f"{flag} {path_text}: the split is empty (no examples); allowed: a file with at least "
+                             "one example") from None
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        cause = error.__cause__
+        if cause is not None and str(cause):
+            reason += f" ({' '.join(str(cause).split())[:200]})"
+        raise ValueError(f"{flag} {path_text}: cannot read it as {builder.upper()}: {reason}") from error
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
+def _hub_or_local_dataset(spec: DataSpec) -> dict[str, Any]:
+    """The splits of ``--dataset``: a ``save_to_disk`` directory, a local dataset folder, or a Hub dataset."""
+    import datasets
+
+    path = Path(spec.dataset).expanduser()
+    flag = f"--dataset {spec.dataset}"
+    if path.is_dir():
+        saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+        try:
+            loaded = datasets.load_from_disk(str(path)) if saved else \
+                datasets.load_dataset(str(path), name=spec.dataset_config)
+        except Exception as error:
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise ValueError(f"{flag}: cannot load the local dataset folder: {reason}") from error
+        if isinstance(loaded, datasets.Dataset):
+            raise ValueError(f"{flag}: a saved single Dataset has no splits; save a DatasetDict with train and "
+                             "validation splits (and test, optional), or pass --train-file/--validation-file")
+    elif path.exists():
+        raise ValueError(f"{flag}: a file, not a dataset; pass data files with --train-file/--validation-file")
+    elif _hub_offline():
+        raise FileNotFoundError(f"{flag}: no such local directory, and HF_HUB_OFFLINE is set, so the Hub dataset "
+                                "cannot be loaded; allowed offline: a save_to_disk directory, a local dataset folder, "
+                                "or --train-file/--validation-file")
+    else:
+        try:
+            loaded = datasets.load_dataset(spec.dataset, spec.dataset_config)
+        except Exception as error:
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise ValueError(f"{flag}: cannot load the Hub dataset: {reason}") from error
+    names = list(loaded)
+    validation = next((n for n in _VALIDATION_NAMES if n in loaded), None)
+    if "train" not in loaded or validation is None:
+        need = "train" if "train" not in loaded else "validation (or valid/val/dev)"
+        raise ValueError(f"{flag}: no {need} split; splits found: {', '.join(names) or 'none'}")
+    splits = {"train": loaded["train"], "validation": loaded[validation]}
+    if "test" in loaded:
+        splits["test"] = loaded["test"]
+    return splits
+
+
+def _raw_splits(spec: DataSpec) -> dict[str, Any]:
+    if spec.dataset is not None:
+        return _hub_or_local_dataset(spec)
+    files = {"train": spec.train_file, "validation": spec.validation_file, "test": spec.test_file}
+    return {split: _read_data_file(path, _SPLIT_FLAGS[split]) for split, path in files.items() if path}
+
+
+def _default_text_columns(columns: list[str]) -> tuple[str, ...] | None:
+    for candidate in (("sentence1", "sentence2"), ("premise", "hypothesis"), ("text",), ("sentence",)):
+        if all(c in columns for c in candidate):
+            return candidate
+    return None
+
+
+def _check_columns(spec: DataSpec, splits: dict[str, Any]) -> tuple[str, ...]:
+    train_columns = list(splits["train"].column_names)
+    text_columns = spec.text_columns or _default_text_columns(train_columns)
+    if text_columns is None:
+        raise ValueError(f"--text-columns is not given and {spec.where('train')} has no text/sentence column; "
+                         f"columns found: {', '.join(train_columns)}; pass --text-columns COLUMN[,COLUMN]")
+    if spec.label_column in text_columns:
+        raise ValueError(f"--label-column {spec.label_column} is also a text column; allowed: a column that is not a "
+                         "text column")
+    clash = [c for c in text_columns if c in ("label", "idx") and c != spec.label_column]
+    if clash:
+        raise ValueError(f"--text-columns {','.join(text_columns)}: a text column may not be named {clash[0]!r} (the "
+                         "loaded dataset uses label and idx); rename that column in the data")
+    for split, data in splits.items():
+        columns = list(data.column_names)
+        if len(data) == 0:
+            raise ValueError(f"{spec.where(split)}: the split is empty (no examples); allowed: a split with at "
+                             "least one example")
+        for flag, wanted in (("--text-columns", text_columns), ("--label-column", (spec.label_column,))):
+            missing = [c for c in wanted if c not in columns]
+            if not missing:
+                continue
+            if split == "test" and flag == "--label-column":
+                raise ValueError(f"{spec.where('test')}: the test split has no labels (no column "
+                                 f"{spec.label_column!r}; columns found: {', '.join(columns)}); give a labelled test "
+                                 "split, or drop it: without a test split the validation split is halved per class")
+            raise ValueError(f"{flag} {','.join(wanted)}: column {missing[0]!r} is not in {spec.where(split)}; "
+                             f"columns found: {', '.join(columns)}")
+    return tuple(text_columns)
+
+
+def _column_values(data, column: str) -> list:
+    return list(data[column][:])
+
+
+def _label_kind(feature: Any) -> str:
+    """``"classes"`` (ClassLabel), ``"strings"``, ``"integers"``, ``"floats"`` or ``"other"``."""
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return "classes"
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string"):
+        return "strings"
+    if dtype == "bool" or (isinstance(dtype, str) and dtype.startswith(("int", "uint"))):
+        return "integers"
+    if isinstance(dtype, str) and dtype.startswith("float"):
+        return "floats"
+    return "other"
+
+
+def _unlabelled(values: list, classes: bool) -> list[int]:
+    return [i for i, v in enumerate(values) if v is None or (classes and v == -1)
+            or (isinstance(v, float) and math.isnan(v))]
+
+
+def _infer_task(spec: DataSpec, splits: dict[str, Any], text_columns: tuple[str, ...]) -> tuple[Task, dict]:
+    """The task of the data (kind, classes or score bins, default metric) and each split's label values."""
+    flag = f"--label-column {spec.label_column}"
+    feature = splits["train"].features[spec.label_column]
+    stored = _label_kind(feature)
+    labels = {split: _column_values(data, spec.label_column) for split, data in splits.items()}
+    for split, values in labels.items():
+        missing = _unlabelled(values, stored == "classes")
+        if missing and len(missing) == len(values) and split == "test":
+            raise ValueError(f"{spec.where('test')}: the test split has no labels (column {spec.label_column!r} is "
+                             "empty or -1 throughout); give a labelled test split, or drop it: without a test split "
+                             "the validation split is halved per class")
+        if missing:
+            raise ValueError(f"{flag}: {len(missing)} example(s) of {spec.where(split)} have no label (first: row "
+                             f"{missing[0]}); allowed: every example labelled")
+    if stored == "other":
+        raise ValueError(f"{flag}: the column holds {feature}, not class names, class ids or scores; allowed: a "
+                         "string, integer or float column")
+    kind = spec.task_kind or (REGRESSION if stored == "floats" else CLASSIFICATION)
+    origin = f"given by --task-kind {kind}" if spec.task_kind else (
+        f"inferred from label column {spec.label_column!r} ({'class names' if stored == 'classes' else stored}); "
+        "pass --task-kind to override")
+    if kind == REGRESSION:
+        if stored == "classes":
+            raise ValueError(f"--task-kind regression does not fit {flag}: it holds class labels "
+                             f"({', '.join(feature.names[:5])}), not scores; allowed: --task-kind classification")
+        if stored == "strings":
+            try:
+                labels = {s: [float(v) for v in values] for s, values in labels.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"--task-kind regression does not fit {flag}: it holds strings, not scores; "
+                                 "allowed: --task-kind classification") from None
+        scores = {s: np.asarray(values, dtype=np.float64) for s, values in labels.items()}
+        for split, values in scores.items():
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"{flag}: {spec.where(split)} holds non-finite scores; allowed: finite numbers")
+        train = scores["train"]
+        if np.ptp(train) == 0:
+            raise ValueError(f"{flag}: every training score is {train[0]:g}: a constant has nothing to learn; "
+                             "allowed: a label column with at least two distinct values")
+        edges = np.unique(np.quantile(train, np.arange(1, SCORE_BINS) / SCORE_BINS))
+        task = Task(spec.task_name, None, (), "spearmanr", ("pearson", "spearmanr"), text_columns, small=True,
+                    kind=REGRESSION, label_column=spec.label_column, score_bins=tuple(float(e) for e in edges),
+                    kind_source=origin)
+        return task, scores
+    if stored == "classes":
+        names = tuple(feature.names)
+        used = sorted(set(labels["train"]))
+        ids = labels
+        if len(used) < 2:
+            raise ValueError(f"{flag}: the training split holds one class ({names[used[0]]!r}); a classifier needs "
+                             "at least 2; allowed: a label column with at least two classes")
+    else:
+        classes = sorted(set(labels["train"]), key=lambda v: (isinstance(v, str), v))
+        if len(classes) < 2:
+            raise ValueError(f"{flag}: the training split holds one class ({classes[0]!r}); a classifier needs at "
+                             "least 2; allowed: a label column with at least two classes")
+        position = {value: i for i, value in enumerate(classes)}
+        for split, values in labels.items():
+            unseen = sorted({v for v in values if v not in position}, key=str)
+            if unseen:
+                raise ValueError(f"{flag}: {spec.where(split)} has label(s) {unseen[:5]} that the training split "
+                                 f"lacks (training classes: {', '.join(map(str, classes))}); a class the model never "
+                                 "saw cannot be learned")
+        names = tuple(_class_name(v) for v in classes)
+        ids = {split: [position[v] for v in values] for split, values in labels.items()}
+    task = Task(spec.task_name, None, names, "accuracy", ("accuracy",), text_columns, small=True, kind=CLASSIFICATION,
+                label_column=spec.label_column, kind_source=origin)
+    return task, ids
+
+
+def _class_name(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _normalised_split(data, task: Task, label_values: list, where: str):
+    import datasets
+
+    columns: dict[str, list] = {}
+    for column in task.text_columns:
+        values = _column_values(data, column)
+        empty = [i for i, v in enumerate(values) if v is None]
+        if empty:
+            raise ValueError(f"--text-columns {column}: {len(empty)} example(s) of {where} have no text in column "
+                             f"{column!r} (first: row {empty[0]}); allowed: every example with its text")
+        columns[column] = [v if isinstance(v, str) else str(v) for v in values]
+    columns["label"] = list(label_values)
+    columns["idx"] = list(range(len(label_values)))
+    return datasets.Dataset.from_dict(columns, features=task.features())
+
+
+def _user_protocol(spec: DataSpec, splits: dict[str, Any], task: Task, protocol: str, train_size: int | None,
+                   seed: int, split_seed: int) -> dict[str, Any]:
+    out = {"train": _downsample(splits["train"], task, train_size, seed, f" in {spec.where('train')}")}
+    validation = splits["validation"]
+    if "test" in splits:
+        out.update(validation=validation, test=splits["test"])
+    elif protocol == "zhang2021":
+        first, second = split_per_class(_keys(validation, task), split_seed)
+        out.update(validation=validation.select(first), test=validation.select(second))
+    else:
+        out["validation"] = validation
+    empty = [name for name, split in out.items() if len(split) == 0]
+    if empty:
+        raise ValueError(f"{spec.where('validation')}: {len(validation)} example(s); halving the validation split per "
+                         f"{'score bin' if task.is_regression else 'class'} (protocol zhang2021, no test split) leaves "
+                         f"the {', '.join(empty)} split empty; give more validation examples, a test split, or "
+                         "--protocol glue")
+    return out
+
+
+def load_user_task(spec: DataSpec | dict, tokenizer: Callable | None = None, max_length: int = 128,
+                   train_size: int | None = None, seed: int = 0, protocol: str = "zhang2021", *,
+                   split_seed: int = 0):
+    """Load a user's dataset (:class:`DataSpec`) as ``(task, DatasetDict)`` under the papers' protocol.
+
+    The splits are normalised to the text columns, ``label`` (``ClassLabel`` of the training classes, or
+    ``float32`` scores) and ``idx`` (the row number). Classes are the training split's label values (sorted);
+    a validation or test label outside them, a single class, a missing column or an empty split is a
+    ValueError naming the flag. ``protocol="zhang2021"`` without a test split halves the validation split per
+    class (regression: per quantile bin of the training scores) with ``split_seed``; ``"glue"`` keeps it whole.
+    ``train_size`` keeps a class-stratified sample of the training split (``seed``).
+    """
+    import datasets
+
+    from .metrics import task_with_metric
+
+    spec = DataSpec.from_dict(spec)
+    _validate_arguments(protocol, train_size, seed, split_seed, max_length)
+    raw = _raw_splits(spec)
+    text_columns = _check_columns(spec, raw)
+    task, labels = _infer_task(spec, raw, text_columns)
+    greater = None if spec.metric_direction is None else spec.metric_direction == "higher"
+    task = task_with_metric(task, spec.metric, key=spec.metric_key, greater_is_better=greater)
+    splits = {split: _normalised_split(data, task, labels[split], spec.where(split)) for split, data in raw.items()}
+    result = datasets.DatasetDict(_user_protocol(spec, splits, task, protocol, train_size, seed, split_seed))
+    if tokenizer is not None:
+        result = tokenize_glue(result, tokenizer, task, max_length)
+    return task, result
+
+
+def load_task(source: str | Task | DataSpec | dict, data_dir: str | os.PathLike | None = None,
+              tokenizer: Callable | None = None, max_length: int = 128, train_size: int | None = None, seed: int = 0,
+              protocol: str = "glue", *, split_seed: int = 0):
+    """``(task, DatasetDict)`` of a GLUE task name (:func:`load_glue_task`) or of a user's :class:`DataSpec`
+    (:func:`load_user_task`): the one entry point the sweep and ``train`` use."""
+    if isinstance(source, (DataSpec, dict)):
+        return load_user_task(source, tokenizer, max_length, train_size, seed, protocol, split_seed=split_seed)
+    task = get_task_info(source)
+    data = load_glue_task(source if isinstance(source, str) else task.name, data_dir=data_dir, tokenizer=tokenizer,
+                          max_length=max_length, train_size=train_size, seed=seed, protocol=protocol,
+                          split_seed=split_seed)
+    return task, data

@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import re
+import sys
 import shutil
 import tempfile
 import time
@@ -53,8 +54,9 @@ from .args import StableTrainingArguments
 from .callback import get_fine_tuning_state
 from .recipe_variants import STOCK, RecipeSpec, build_arguments, parse_recipe  # noqa: F401  (STOCK re-exported)
 from .settings_record import SETTINGS_KEY
-from .data import get_task_info, load_glue_task
-from .metrics import constant_prediction_loss, glue_compute_metrics, majority_baseline
+from .data import DataSpec, get_task_info, load_task
+from .metrics import compute_metrics_for, constant_baseline, constant_prediction_loss
+from .tasks import Task
 from .records import RUNS_FILE, RunRecord, append_record, latest_by_run_id, read_records
 from .records import json_safe as _json_safe
 from .trainer import StableTrainer
@@ -116,9 +118,16 @@ class SweepConfig:
     evaluations_per_run: int = 10
     label_map: dict[str, str] | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: A user's data instead of a GLUE task (:class:`hf_stable_ft.data.DataSpec` as a dict; ``task`` is then its
+    #: name in records). None: ``task`` is a GLUE task.
+    data: dict[str, Any] | None = None
 
     def __post_init__(self):
         _check_seeds(self.seeds)
+        if self.data is not None:
+            self.data = DataSpec.from_dict(self.data).to_dict()  # validates the data flags now
+            if self.data.get("metric_direction") == "lower":
+                raise ValueError(_LOWER_IS_BETTER_SWEEP)
         evaluations = self.evaluations_per_run
         if not _is_int(evaluations) or evaluations < 1:
             raise ValueError(f"evaluations_per_run={evaluations!r} is invalid; allowed: an integer >= 1")
@@ -132,13 +141,26 @@ class SweepConfig:
         values = dataclasses.asdict(self)
         values.pop("seeds")
         values.pop("data_dir")
+        if values["data"] is None:
+            values.pop("data")  # GLUE sweeps: the identity (and records' shared settings) of before
         return values
+
+    @property
+    def source(self) -> str | DataSpec:
+        """What :func:`hf_stable_ft.data.load_task` loads: the GLUE task name or the user's :class:`DataSpec`."""
+        return self.task if self.data is None else DataSpec.from_dict(self.data)
 
     def shared_settings(self) -> dict[str, Any]:
         """What every run of the sweep shares (the identity without the recipe list): stored in each record."""
         values = self.identity()
         values.pop("recipes")
         return _json_safe(values)
+
+
+_LOWER_IS_BETTER_SWEEP = (
+    "--metric-direction lower: a sweep keeps each run's best checkpoint, tests degenerate runs and writes its report "
+    "by higher-is-better scores, so a lower-is-better metric cannot drive it; use it with train, or pick a "
+    "higher-is-better metric (accuracy, f1, f1_macro, mcc, pearson, spearman)")
 
 
 def _is_int(value: Any) -> bool:
@@ -164,9 +186,10 @@ def _check_seeds(seeds: Any) -> None:
 
 @dataclasses.dataclass
 class PreparedTask:
-    """Tokenised data and pretrained weights, shared by all runs of a sweep."""
+    """Tokenised data and pretrained weights, shared by all runs of a sweep; ``task`` is the one
+    :class:`~hf_stable_ft.tasks.Task` its data, metrics, baselines and records use."""
 
-    task: str
+    task: Task
     datasets: Any
     tokenizer: Any
     config: Any
@@ -260,13 +283,16 @@ def _from_model(load, source: str, what: str):
 
 def prepare_task(config: SweepConfig) -> PreparedTask:
     """Load the tokenizer, the data (tokenised once) and the pretrained weights (read once, kept on CPU)."""
-    info = get_task_info(config.task)
     source = resolve_model(config.model)
     tokenizer = _load_tokenizer(source)
-    datasets = load_glue_task(
-        config.task, data_dir=config.data_dir, tokenizer=tokenizer, max_length=config.max_length,
+    info, datasets = load_task(
+        config.source, data_dir=config.data_dir, tokenizer=tokenizer, max_length=config.max_length,
         train_size=config.train_size, seed=0, protocol=config.protocol,
     )
+    if config.data is not None:
+        print(f"hf-stable-ft: {info.describe()}", file=sys.stderr, flush=True)
+    if not info.greater_is_better:
+        raise ValueError(_LOWER_IS_BETTER_SWEEP)
     if config.label_map:
         from .transfer import load_intermediate_checkpoint
 
@@ -283,16 +309,23 @@ def prepare_task(config: SweepConfig) -> PreparedTask:
         pretrained = {k: v for k, v in model.state_dict().items() if k not in fresh}
     _check_lengths(datasets, tokenizer, model.config, config.max_length)
     pretrained = {k: v.detach().to("cpu", copy=True) for k, v in pretrained.items()}
-    train_labels = datasets["train"]["label"]
-    majority_label = None if info.is_regression else int(torch.tensor(train_labels).bincount().argmax())
+    train_labels = datasets["train"]["label"][:]
+    constant = _training_constant(info, train_labels)
     majority = {
-        split: majority_baseline(config.task, datasets[split]["label"], majority_label=majority_label)
+        split: constant_baseline(info, datasets[split]["label"][:], constant)
         for split in datasets if split != "train"
     }
     return PreparedTask(
-        task=config.task, datasets=datasets, tokenizer=tokenizer, config=model.config, pretrained_state=pretrained,
+        task=info, datasets=datasets, tokenizer=tokenizer, config=model.config, pretrained_state=pretrained,
         majority=majority, constant_loss=constant_prediction_loss(train_labels, info.num_labels), model_source=source,
     )
+
+
+def _training_constant(task: Task, train_labels) -> float | int:
+    """What a collapsed run predicts: the training split's majority class, or its mean score."""
+    if task.is_regression:
+        return float(torch.tensor(train_labels, dtype=torch.float64).mean())
+    return int(torch.tensor(train_labels).bincount().argmax())
 
 
 def _fresh_model(prepared: PreparedTask, seed: int):
@@ -391,7 +424,7 @@ def run_single(
     ``save_best_to``, the best-on-validation model (and tokenizer) is saved there; the directory appears only
     once complete.
     """
-    info = get_task_info(prepared.task)
+    info = prepared.task
     primary = info.primary_metric
     eval_splits = [s for s in ("validation", "test") if s in prepared.datasets]
     args = _run_arguments(recipe, seed, output_dir, training, evaluations_per_run, primary,
@@ -405,7 +438,7 @@ def run_single(
         eval_dataset={split: prepared.datasets[split] for split in eval_splits},
         data_collator=DataCollatorWithPadding(prepared.tokenizer),
         processing_class=prepared.tokenizer,
-        compute_metrics=glue_compute_metrics(prepared.task),
+        compute_metrics=compute_metrics_for(info),
     )
     trainer.remove_callback(PrinterCallback)  # the sweep shows one progress bar over runs instead
     started = time.time()
@@ -454,8 +487,18 @@ def run_single(
         device=_device_name(args),
         error=error,
         **_summarize_history(history, prepared.majority, eval_splits),
+        extra=_task_facts(info),
     )  # sets ``degenerate`` by the one definition, hf_stable_ft.stats.degenerate_record
     return record.to_dict()
+
+
+def _task_facts(task: Task) -> dict[str, Any]:
+    """What a record of a user's task adds: the metric's direction, kind and classes (a GLUE record's task name
+    already fixes them, and its lines stay as they were: an absent direction means higher is better)."""
+    if task.is_glue:
+        return {}
+    return {"primary_metric_greater_is_better": task.greater_is_better, "task_kind": task.kind,
+            "label_names": list(task.label_names)}
 
 
 def _diagnostics(log_history: list[dict]) -> dict[str, Any]:
@@ -664,7 +707,8 @@ def _legacy_settings(previous: dict | None) -> dict[str, dict]:
     config = (previous or {}).get("config")
     if not isinstance(config, dict):
         return {}
-    shared = {k: v for k, v in config.items() if k not in ("recipes", "seeds", "data_dir")}
+    shared = {k: v for k, v in config.items()
+              if k not in ("recipes", "seeds", "data_dir") and not (k == "data" and v is None)}  # as identity()
     out = {}
     for text in config.get("recipes") or []:
         try:
@@ -776,7 +820,7 @@ def _validate_recipes(config: SweepConfig) -> list[RecipeSpec]:
     labels = [r.label for r in recipes]
     if len(set(labels)) != len(labels):
         raise ValueError(f"recipe labels must be unique, got {labels}")
-    primary = get_task_info(config.task).primary_metric
+    primary = get_task_info(config.task).primary_metric if config.data is None else "accuracy"  # only names it
     with tempfile.TemporaryDirectory(prefix="hf_stable_ft_check_") as probe:
         for spec in recipes:
             try:
@@ -786,8 +830,27 @@ def _validate_recipes(config: SweepConfig) -> list[RecipeSpec]:
     return recipes
 
 
+def failed_record(prepared: Any, recipe: Any, seed: int, error: str, *, device: str | None = None,
+                  wall_time_s: float | None = None) -> dict:
+    """The record of a run that produced none (its task raised outside the training loop, or its worker died more
+    often than the retries allow): ``status: "failed"`` with the error, counted as failed, never as a score."""
+
+    info = prepared.task
+    extra = _task_facts(info) if not isinstance(info, str) else {}  # what run_single's records of a user's task add
+    if isinstance(info, str):  # a task name (older PreparedTask)
+        info = get_task_info(info)
+    eval_splits = [s for s in ("validation", "test") if s in prepared.datasets]
+    return RunRecord(
+        run_id=f"{recipe.label}/seed={seed}", recipe=recipe.label, seed=seed, task=info.name, status="failed",
+        primary_metric=info.primary_metric,
+        majority_baseline={split: prepared.majority.get(split) for split in eval_splits},
+        constant_prediction_loss=prepared.constant_loss, settings={"recipe_fields": recipe.fields()},
+        error=error, device=device, wall_time_s=wall_time_s, extra=extra,
+    ).to_dict()
+
+
 def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, backend: Any = None) -> Path:
     """Run every (recipe, seed) of ``config`` not yet in ``output/runs.jsonl`` (and retry the failed ones);
     return that file's path.
 
@@ -795,7 +858,14 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
     (a different sweep needs ``resume``; a label's recorded settings must match), the data and the model.
     ``overwrite`` then moves the previous records aside. The directory is locked while the sweep runs
     (:class:`SweepDirectoryLocked` if another live sweep holds it).
+
+    ``backend`` (:mod:`hf_stable_ft.sweep_backends`) runs the pairs: one after another here (the default,
+    ``LocalBackend()``) or as Ray tasks (``RayBackend(...)``); it is started before the data are loaded (a cluster
+    that cannot be reached is refused before any run) and only hands records back: this driver writes them all.
     """
+    from .sweep_backends import LocalBackend
+
+    backend = LocalBackend() if backend is None else backend
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
                          "--overwrite sets them aside; pass one")
@@ -809,9 +879,14 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
     if output.exists():
         with _SweepLock(output):  # refuse now, not after loading, if another sweep writes here
             pass
-    prepared = prepare_task(config)  # the data and the model, before anything is written
-    _make_output_dir(output)
-    with _SweepLock(output):
+    backend.start()  # connect before the slow loading: an unreachable cluster is refused before any run
+    try:
+        prepared = prepare_task(config)  # the data and the model, before anything is written
+        _make_output_dir(output)
+    except BaseException:
+        backend.close()
+        raise
+    with contextlib.closing(backend), _SweepLock(output):
         _check_writable(output)
         todo, retries, previous = _plan(output, config, recipes, resume, overwrite, repair=True)
         if overwrite:
@@ -824,13 +899,19 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
         from tqdm.auto import tqdm
 
         shared = config.shared_settings()
-        bar = tqdm(todo, desc=f"sweep {config.task}", unit="run", disable=not progress)
-        for recipe, seed in bar:
-            bar.set_postfix_str(f"{recipe.label} seed={seed}")
-            with tempfile.TemporaryDirectory(prefix="hf_stable_ft_run_") as run_dir:
-                record = run_single(prepared, recipe, seed, run_dir, config.training, config.evaluations_per_run)
+        bar = tqdm(total=len(todo), desc=f"sweep {config.task}", unit="run", disable=not progress)
+        degenerate = 0
+        # records come back as runs finish (in pair order locally); each is appended here, the one writer
+        for done, (recipe, seed, record) in enumerate(
+                backend.runs(prepared, todo, config.training, config.evaluations_per_run, run_fn=run_single,
+                             failed_fn=failed_record), 1):
             record["sweep_settings"] = {"shared": shared, "recipe": _recipe_settings(recipe)}
             _append_record(runs_path, record)
+            degenerate += bool(record.get("degenerate"))
+            bar.update(1)
+            bar.set_postfix_str(f"degenerate {degenerate}/{done}; last {recipe.label} seed={seed} "
+                                f"{record.get('status')}")
+        bar.close()
     return runs_path
 
 
@@ -889,9 +970,9 @@ def _refuse_trained_model(output: Path) -> None:
         )
 
 
-def train_once(task: str, model: str | None = None, training: dict[str, Any] | None = None, *,
+def train_once(task: str | None, model: str | None = None, training: dict[str, Any] | None = None, *,
                data_dir: str | None = None, protocol: str = "glue", train_size: int | None = None,
-               max_length: int = 128) -> dict[str, Any]:
+               max_length: int = 128, data: dict[str, Any] | DataSpec | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` once with ``StableTrainer`` (the CLI's ``train``).
 
     The final model is saved to ``output_dir`` (default ``hf_stable_ft_output/<task>``; missing parents are
@@ -899,9 +980,12 @@ def train_once(task: str, model: str | None = None, training: dict[str, Any] | N
     ``output_dir/all_results.json``. ``resume_from_checkpoint`` (a checkpoint directory, or ``True``/``"true"``
     for the last complete checkpoint in ``output_dir``) continues that run. The arguments, the checkpoint, the
     model and the data are all checked before the output directory is created or anything is written.
+    ``data`` (a :class:`~hf_stable_ft.data.DataSpec` or its dict) trains on a user's data instead of the GLUE
+    ``task``; the majority/constant baseline then comes from the training labels.
     """
-    info = get_task_info(task)
-    settings = {"output_dir": f"hf_stable_ft_output/{info.hub_config}", "eval_strategy": "epoch",
+    spec = None if data is None else DataSpec.from_dict(data)
+    default_dir = get_task_info(task).hub_config if spec is None else re.sub(r"[^A-Za-z0-9._-]+", "_", spec.task_name)
+    settings = {"output_dir": f"hf_stable_ft_output/{default_dir}", "eval_strategy": "epoch",
                 "save_strategy": "no", **(training or {})}
     args = StableTrainingArguments(**settings)
     output = Path(args.output_dir)
@@ -911,26 +995,33 @@ def train_once(task: str, model: str | None = None, training: dict[str, Any] | N
         _refuse_trained_model(output)
     source = resolve_model(model)
     tokenizer = _load_tokenizer(source)
-    data = load_glue_task(task, data_dir=data_dir, tokenizer=tokenizer, max_length=max_length,
-                          train_size=train_size, protocol=protocol)
+    info, data = load_task(task if spec is None else spec, data_dir=data_dir, tokenizer=tokenizer,
+                           max_length=max_length, train_size=train_size, protocol=protocol)
+    if spec is not None:
+        print(f"hf-stable-ft: {info.describe()}", file=sys.stderr, flush=True)
     net = _from_model(lambda: AutoModelForSequenceClassification.from_pretrained(
-        source, **info.model_kwargs(), dtype=torch.float32), source, "model")
+        source, **info.model_kwargs(), dtype=torch.float32, ignore_mismatched_sizes=True), source, "model")
     _check_lengths(data, tokenizer, net.config, max_length)
     _make_output_dir(output)
     _check_writable(output)
     trainer = StableTrainer(
         model=net, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        compute_metrics=glue_compute_metrics(task),
+        compute_metrics=compute_metrics_for(info),
     )
     train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     trainer.save_model()
     results = {"train": train_metrics, "validation": trainer.evaluate()}
     if "test" in data:
         results["test"] = trainer.evaluate(data["test"], metric_key_prefix="test")
-    results["majority_baseline"] = {split: majority_baseline(task, data[split]["label"]) for split in data if split != "train"}
+    constant = None if spec is None else _training_constant(info, data["train"]["label"][:])  # GLUE: as before
+    results["majority_baseline"] = {split: constant_baseline(info, data[split]["label"][:], constant)
+                                    for split in data if split != "train"}
     trainer.save_metrics("all", {f"{split}/{k}": v for split, m in results.items() for k, v in m.items()})
     results["output_dir"] = args.output_dir
+    if spec is not None:
+        results["task"] = {"name": info.name, "kind": info.kind, "label_names": list(info.label_names),
+                           "primary_metric": info.primary_metric, "greater_is_better": info.greater_is_better}
     if resume is not None:
         results["resumed_from"] = resume
     return _json_safe(results)
@@ -941,7 +1032,7 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
                  training: dict[str, Any] | None = None, seeds: Sequence[int] = (0,), data_dir: str | None = None,
                  protocol: str = "zhang2021", train_size: int | None = None,
                  intermediate_train_size: int | None = None, max_length: int = 128,
-                 evaluations_per_run: int = 10) -> dict[str, Any]:
+                 evaluations_per_run: int = 10, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Intermediate-task transfer as checkpoint chaining (Zhang et al. 2021, Table 2 "Int. task").
 
     Stage 1 fine-tunes ``model`` on ``intermediate_task`` (e.g. ``mnli_subset``) with ``recipe`` and keeps its
@@ -976,7 +1067,8 @@ def run_transfer(intermediate_task: str, task: str, *, model: str | None = None,
         os.replace(tmp, stage1_path)
     target = SweepConfig(task=task, model=str(checkpoint), recipes=[recipe], seeds=list(seeds), train_size=train_size,
                          protocol=protocol, data_dir=data_dir, max_length=max_length, label_map=label_map,
-                         training=dict(training or {}), evaluations_per_run=evaluations_per_run)
+                         training=dict(training or {}), evaluations_per_run=evaluations_per_run,
+                         data=None if data is None else DataSpec.from_dict(data).to_dict())  # user data: target only
     runs = read_finished_runs(run_sweep(target, output / "target", progress=False))
     summary = {
         "intermediate": {"task": intermediate_task, "best_validation": stage1["best_validation"],

@@ -10,6 +10,16 @@ One optimizer covers the three update rules the papers compare:
   Adam's (≈3.16× at t=1 for β=(0.9, 0.999)).
 * ``pretrained_weight_decay`` per group — decoupled decay toward the pretrained values
   (Zhang et al. 2021 §6, after Wiese et al. 2017): ``θ ← θ − lr·λ_pre·(θ − θ_pre)``.
+* ``recadam_k`` / ``recadam_t0`` per group — RecAdam (Chen, Hou, Cui, Che, Liu & Yu, "Recall and Learn",
+  EMNLP 2020, eqs. 4–6): the objective ``λ(t)·Loss_T + (1 − λ(t))·(γ/2)·‖θ − θ_pre‖²`` with the annealed
+  coefficient ``λ(t) = 1/(1 + exp(−k·(t − t₀)))`` (γ = the group's ``pretrained_weight_decay``), in the released
+  optimizer's form: at update t of a parameter,
+  ``θ ← θ − lr·(1 − λ(t))·γ·(θ − θ_pre)``, then ``θ ← θ·(1 − lr·wd)``, then ``θ ← θ − lr·λ(t)·m̂/(√v̂ + ε)``
+  (Adam's moments see the unscaled task gradient; only the step is scaled by λ(t)). Early on (t ≪ t₀) the
+  weights are held at θ_pre, later the task takes over. Differences from Sanyuan-Chen/RecAdam's ``RecAdam.py``:
+  the penalty and weight decay are applied before the Adam step (decoupled, like the rest of this optimizer),
+  where the script applies the penalty to the already-updated θ and weight decay last (an O(lr²) difference);
+  ε is torch's (``√v̂ + ε``), where the script uses ``√v + ε`` with a bias-corrected step size.
 
 Speed: BERTAdam is run through torch's own fused/foreach AdamW kernels. Since
 ``lr·m/(√v+ε) = (lr_t/c₁)·m/(√v/√c₂ + ε_t)`` with ``lr_t = lr·c₁/√c₂``, ``ε_t = ε/√c₂`` (``c₁ = 1−β₁ᵗ``,
@@ -31,7 +41,17 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["StableAdamW"]
+__all__ = ["StableAdamW", "recadam_lambda"]
+
+
+def recadam_lambda(t: float, k: float, t0: float) -> float:
+    """RecAdam's annealing coefficient ``λ(t) = 1/(1 + exp(−k·(t − t₀)))`` (Chen et al. 2020, eq. 6), computed
+    without overflow (→ 0 for k·(t − t₀) ≪ 0, → 1 for ≫ 0)."""
+    z = k * (t - t0)
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def _fused_supported(params: Iterable[Tensor]) -> bool:
@@ -75,6 +95,8 @@ class StableAdamW(torch.optim.AdamW):
         *,
         pretrained_weight_decay: float = 0.0,
         pretrained_anchors: Mapping[Tensor, Tensor] | None = None,
+        recadam_k: float = 0.0,
+        recadam_t0: float = 0.0,
         fused: bool | None = None,
         foreach: bool | None = None,
         maximize: bool = False,
@@ -95,9 +117,18 @@ class StableAdamW(torch.optim.AdamW):
             raise ValueError(f"pretrained_weight_decay must be >= 0, got {pretrained_weight_decay}")
         self.defaults["bias_correction"] = bool(bias_correction)
         self.defaults["pretrained_weight_decay"] = float(pretrained_weight_decay)
+        self.defaults["recadam_k"] = float(recadam_k)
+        self.defaults["recadam_t0"] = float(recadam_t0)
         for group in self.param_groups:
             group.setdefault("bias_correction", bool(bias_correction))
             group.setdefault("pretrained_weight_decay", float(pretrained_weight_decay))
+            group.setdefault("recadam_k", float(recadam_k))
+            group.setdefault("recadam_t0", float(recadam_t0))
+            if not (group["recadam_k"] >= 0 and group["recadam_t0"] >= 0):
+                raise ValueError(f"recadam_k and recadam_t0 must be >= 0, got {group['recadam_k']}, {group['recadam_t0']}")
+            if group["recadam_k"] > 0 and not group["pretrained_weight_decay"] > 0:
+                raise ValueError(f"param group {group.get('name', '')!r} has recadam_k={group['recadam_k']} but no "
+                                 "pretrained_weight_decay (RecAdam's gamma): set both, or recadam_k=0")
         self.pretrained_anchors: dict[Tensor, Tensor] = anchors
         self.run_settings: dict | None = None
         for group in self.param_groups:
@@ -138,6 +169,8 @@ class StableAdamW(torch.optim.AdamW):
         for group in self.param_groups:
             group.setdefault("bias_correction", True)
             group.setdefault("pretrained_weight_decay", 0.0)
+            group.setdefault("recadam_k", 0.0)
+            group.setdefault("recadam_t0", 0.0)
 
     @torch.no_grad()
     def _decay_toward_pretrained(self) -> None:
@@ -148,25 +181,48 @@ class StableAdamW(torch.optim.AdamW):
         skip ``step()`` on an overflow: it sets ``self.found_inf`` and the kernel skips the update itself. The
         decay then uses the weight ``lr·λ_pre·(found_inf == 0)``, so a skipped step moves nothing (without a
         host synchronisation)."""
-        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
+            if group.get("recadam_k", 0) > 0:
+                continue  # RecAdam's strength depends on each parameter's t: applied in step()
             strength = group["lr"] * group["pretrained_weight_decay"]
             if strength == 0:
                 continue
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            anchors = [self.pretrained_anchors[p] for p in params]
-            if found_inf is None:
-                torch._foreach_lerp_(params, anchors, strength)
-                continue
-            weights: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-            for p in params:
-                key = (p.device, p.dtype)
-                if key not in weights:
-                    keep = found_inf.to(p.device, non_blocking=True) == 0
-                    weights[key] = keep.to(p.dtype) * strength
-            torch._foreach_lerp_(params, anchors, [weights[(p.device, p.dtype)] for p in params])
+            self._lerp_toward_anchors([p for p in group["params"] if p.grad is not None], strength)
+
+    def _overflow_masked(self, params: list[Tensor], value: float) -> float | list[Tensor]:
+        """``value``, or per parameter ``value·(found_inf == 0)`` under a GradScaler's fused-kernel step."""
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None:
+            return value
+        weights: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        for p in params:
+            key = (p.device, p.dtype)
+            if key not in weights:
+                keep = found_inf.to(p.device, non_blocking=True) == 0
+                weights[key] = keep.to(p.dtype) * value
+        return [weights[(p.device, p.dtype)] for p in params]
+
+    @torch.no_grad()
+    def _lerp_toward_anchors(self, params: list[Tensor], strength: float) -> None:
+        if not params or strength == 0:
+            return
+        anchors = [self.pretrained_anchors[p] for p in params]
+        torch._foreach_lerp_(params, anchors, self._overflow_masked(params, strength))
+
+    @torch.no_grad()
+    def _recadam_group(self, group: dict, t: float, params: list[Tensor]) -> dict:
+        """RecAdam at update ``t`` of ``params``: apply ``θ ← θ − lr·(1 − λ(t))·γ·(θ − θ_pre)`` and the decoupled
+        weight decay now, and return the group for the Adam kernel with ``lr·λ(t)`` and no weight decay."""
+        lam = recadam_lambda(t, group["recadam_k"], group["recadam_t0"])
+        lr = group["lr"]
+        self._lerp_toward_anchors(params, lr * (1.0 - lam) * group["pretrained_weight_decay"])
+        if group["weight_decay"] and lr:
+            shrink = self._overflow_masked(params, lr * group["weight_decay"])
+            if isinstance(shrink, float):
+                torch._foreach_mul_(params, 1.0 - shrink)
+            else:
+                torch._foreach_mul_(params, [1.0 - s for s in shrink])
+        return {**group, "params": params, "lr": lr * lam, "weight_decay": 0.0}
 
     def _next_steps(self, group) -> list[tuple[Tensor, float]]:
         """``(parameter, t)`` for each parameter of ``group`` that has a gradient, in group order, where ``t`` is
@@ -189,15 +245,16 @@ class StableAdamW(torch.optim.AdamW):
             with torch.enable_grad():
                 loss = closure()
         self._decay_toward_pretrained()
-        uncorrected = [g for g in self.param_groups if not g["bias_correction"]]
-        if not uncorrected:
+        per_step = [g for g in self.param_groups if not g["bias_correction"] or g.get("recadam_k", 0) > 0]
+        if not per_step:
             self._adamw_step()
             return loss
         # BERTAdam: rescale lr, eps and weight decay so torch's bias-corrected kernel applies lr·m/(√v+ε).
+        # RecAdam: scale the Adam step by λ(t) after the annealed decay toward θ_pre.
         original_groups = self.param_groups
         groups = []
         for group in original_groups:
-            if group["bias_correction"]:
+            if group["bias_correction"] and not group.get("recadam_k", 0) > 0:
                 groups.append(group)
                 continue
             by_step: dict[float, list[Tensor]] = {}
@@ -205,11 +262,14 @@ class StableAdamW(torch.optim.AdamW):
                 by_step.setdefault(t, []).append(p)
             if not by_step:
                 groups.append(group)  # no gradients: torch's kernel skips the group
-            elif len(by_step) == 1:
+                continue
+            if len(by_step) == 1:  # the kernel skips parameters without gradients: the whole group can go
                 (t,) = by_step
-                groups.append(self._rescaled(group, t, group["params"]))
-            else:  # parameters that missed updates have their own t: one temporary group per distinct t
-                groups.extend(self._rescaled(group, t, ps) for t, ps in by_step.items())
+                by_step = {t: [p for p in group["params"] if p.grad is not None]}
+            # parameters that missed updates have their own t: one temporary group per distinct t
+            for t, ps in by_step.items():
+                temp = self._recadam_group(group, t, ps) if group.get("recadam_k", 0) > 0 else group
+                groups.append(temp if group["bias_correction"] else self._rescaled(temp, t, ps))
         self.param_groups = groups
         try:
             self._adamw_step()

@@ -54,6 +54,10 @@ def create_stable_optimizer(model: nn.Module, args: StableTrainingArguments) -> 
         pretrained_weight_decay=args.pretrained_weight_decay,
         pretrained_anchors=anchors,
     )
+    if args.recadam_k > 0:  # RecAdam anneals the groups that decay toward the pretrained weights (Chen et al. 2020)
+        for group in groups:
+            if group.get("pretrained_weight_decay", 0) > 0:
+                group["recadam_k"], group["recadam_t0"] = args.recadam_k, args.recadam_t0
     optimizer = StableAdamW(
         groups,
         lr=args.learning_rate,

@@ -10,6 +10,9 @@ the statistics used by the papers this package reproduces (see ``shared/design/p
   ``N`` observed scores.
 * :func:`expected_test_at_best_validation` (exact) and :func:`bootstrap_expected_test` (Zhang et al. 2021,
   Fig. 4): the expected *test* score of the run that is best on *validation* among ``k`` trials.
+* :func:`runs_to_match` — the headline number: how many runs of a baseline it takes for the expected test
+  score of its best-on-validation run to reach the mean of one run of a recipe ("one recipe run ≈ k baseline
+  runs"), with a bootstrap over seeds for its uncertainty.
 * :func:`levene_test`, :func:`t_test`, :func:`compare_to_baseline` — do two recipes differ in spread
   (Levene / Brown–Forsythe) or in mean (Welch's t-test)?
 * :func:`degenerate_record` / :func:`degenerate_run` — the package's one definition of a degenerate run: its
@@ -39,6 +42,8 @@ __all__ = [
     "expected_test_at_best_validation",
     "ExpectedPerformance",
     "bootstrap_expected_test",
+    "RunsToMatch",
+    "runs_to_match",
     "TestResult",
     "levene_test",
     "t_test",
@@ -334,6 +339,179 @@ def bootstrap_expected_test(
         std=np.asarray(stds),
         method="zhang2021-bootstrap",
         percentiles={q: np.asarray(v) for q, v in pct.items()},
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# the headline number: how many baseline runs one recipe run is worth
+
+
+@dataclass(frozen=True)
+class RunsToMatch:
+    """The result of :func:`runs_to_match` (all scores in the units of the inputs).
+
+    Attributes:
+        k: the smallest number of baseline runs whose expected best-on-validation test score reaches
+            ``target``; None when no ``k <= max_runs`` does ("never within max_runs").
+        target: the recipe's expected test score with one run (its mean test score).
+        max_runs: the largest ``k`` considered.
+        curve: the baseline's expected test score of the best-on-validation run for ``k = 1 … max_runs``.
+        asymptote: the limit of ``curve`` as ``k → ∞``: the mean test score of the baseline runs with the
+            highest validation score. When it is below ``target`` (and ``k`` is None), no number of baseline
+            runs reaches one recipe run on the observed runs.
+        interval: the ``confidence``% bootstrap interval ``[low, high]`` of ``k``; an end is None when it is
+            "never within max_runs".
+        p_within: the share of bootstrap resamples in which some ``k <= max_runs`` reaches the target.
+        n_baseline, n_recipe: runs behind the estimate (``n_recipe`` is None for a scalar target).
+    """
+
+    k: int | None
+    target: float
+    max_runs: int
+    curve: np.ndarray
+    asymptote: float
+    interval: tuple
+    p_within: float
+    confidence: float
+    n_bootstrap: int
+    seed: int
+    n_baseline: int
+    n_recipe: int | None
+    method: str = "zhang2021-expected-test, bootstrap over seeds"
+
+    @property
+    def never(self) -> bool:
+        """True when no number of baseline runs up to ``max_runs`` reaches the target."""
+        return self.k is None
+
+    def as_dict(self) -> dict:
+        return {
+            "k": self.k, "never": self.never, "target": float(self.target), "max_runs": int(self.max_runs),
+            "asymptote": float(self.asymptote), "interval": [None if x is None else int(x) for x in self.interval],
+            "p_within": float(self.p_within), "confidence": float(self.confidence),
+            "n_bootstrap": int(self.n_bootstrap), "seed": int(self.seed), "n_baseline": int(self.n_baseline),
+            "n_recipe": None if self.n_recipe is None else int(self.n_recipe), "method": self.method,
+            "curve": [float(x) for x in self.curve],
+        }
+
+
+def _best_of_k_curves(counts: np.ndarray, group_of: np.ndarray, n_groups: int, test: np.ndarray,
+                      ks: np.ndarray) -> np.ndarray:
+    """Exact expected test score of the best-on-validation run among k draws, for many weighted samples.
+
+    ``counts[b, i]`` is how often run i appears in sample b (a bootstrap resample; all ones for the observed
+    runs); ``group_of[i]`` is the rank of run i's validation score among the distinct ones. The formula of
+    :func:`expected_test_at_best_validation`, per sample: shape ``(len(counts), len(ks))``.
+    """
+    onehot = np.zeros((group_of.size, n_groups))
+    onehot[np.arange(group_of.size), group_of] = 1.0
+    m = counts @ onehot  # draws per validation group
+    s = (counts * test[None, :]) @ onehot  # sum of their test scores
+    n = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        group_mean = np.where(m > 0, s / np.where(m > 0, m, 1.0), 0.0)
+    cdf = np.concatenate([np.zeros_like(n), np.cumsum(m, axis=1)], axis=1) / n  # (B, G+1)
+    w = np.diff(cdf[:, None, :] ** ks[None, :, None].astype(float), axis=2)  # (B, K, G)
+    return np.einsum("bkg,bg->bk", w, group_mean)
+
+
+def _first_reaching(curves: np.ndarray, targets: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Per row, the first k whose curve value reaches the target (up to rounding); max(ks) + 1 when none."""
+    tol = 1e-9 * np.maximum(1.0, np.abs(targets))
+    hit = curves >= (targets - tol)[:, None]
+    first = np.argmax(hit, axis=1)
+    return np.where(hit.any(axis=1), ks[first], ks[-1] + 1)
+
+
+def runs_to_match(
+    baseline_validation,
+    baseline_test,
+    recipe_test,
+    *,
+    max_runs: int = 100,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 95.0,
+) -> RunsToMatch:
+    """How many runs of a baseline one run of a recipe is worth: "one recipe run ≈ k baseline runs".
+
+    Definition. Let ``E_b(k)`` be the expected test score of the baseline run that is best on validation
+    among ``k`` runs drawn with replacement from the observed ones — Zhang et al. (2021, Fig. 4)'s expected
+    test performance, whose bootstrap estimate is :func:`bootstrap_expected_test`; here its exact value
+    :func:`expected_test_at_best_validation` (the bootstrap's limit, so the number does not depend on
+    bootstrap noise), which with validation = test is Dodge et al. (2019)'s expected maximum. Let
+    ``T = E_r(1)`` be the recipe's expected test score with one run, i.e. the mean of its test scores.
+    Then::
+
+        k* = min { k in 1 … max_runs : E_b(k) >= T }      (None: "never within max_runs")
+
+    ``k* = 1`` means one baseline run already matches the recipe on average. ``E_b(k)`` need not grow with
+    ``k`` (validation can pick a run that is worse on test) and tends to the mean test score of the baseline
+    runs with the highest validation score (``asymptote``); when that is below ``T`` the baseline's curve
+    plateaus below the recipe and no number of runs closes the gap. Values of ``k`` above the number of
+    baseline seeds extrapolate from the observed runs: the best observed run is the ceiling.
+
+    Uncertainty: a bootstrap over seeds of both recipes — resample the baseline's (validation, test) pairs
+    and the recipe's test scores with replacement, ``n_bootstrap`` times, and recompute ``k*`` on each
+    resample. ``interval`` is the central ``confidence``% interval of that distribution (counting "never"
+    as above ``max_runs``) and ``p_within`` the share of resamples in which some ``k <= max_runs`` suffices.
+
+    Args:
+        baseline_validation, baseline_test: one pair per baseline run (best validation score and the test
+            score at that checkpoint).
+        recipe_test: the recipe's test scores, one per run — or a single number, the target itself (then only
+            the baseline is resampled and ``n_recipe`` is None).
+        max_runs: the largest number of baseline runs considered (>= 1).
+        n_bootstrap: bootstrap resamples for the interval (>= 1).
+        seed: the result is a deterministic function of the inputs and ``seed``.
+        confidence: width of the interval, in percent (0 < confidence < 100).
+
+    Returns:
+        :class:`RunsToMatch`.
+    """
+    val, test = _paired(baseline_validation, baseline_test)
+    if np.ndim(recipe_test) == 0:
+        recipe = None
+        target = float(recipe_test)
+        if not math.isfinite(target):
+            raise ValueError(f"recipe_test must be finite, got {recipe_test!r}")
+    else:
+        recipe = _as_scores(recipe_test, "recipe_test")
+        target = float(recipe.mean())
+    if isinstance(max_runs, bool) or int(max_runs) != max_runs or int(max_runs) < 1:
+        raise ValueError(f"max_runs must be an integer >= 1, got {max_runs!r}")
+    if isinstance(n_bootstrap, bool) or int(n_bootstrap) != n_bootstrap or int(n_bootstrap) < 1:
+        raise ValueError(f"n_bootstrap must be an integer >= 1, got {n_bootstrap!r}")
+    if not 0.0 < float(confidence) < 100.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 100, got {confidence!r}")
+    max_runs, n_bootstrap = int(max_runs), int(n_bootstrap)
+
+    ks = np.arange(1, max_runs + 1)
+    uniq, group_of = np.unique(val, return_inverse=True)
+    group_of = group_of.reshape(-1)
+    curve = _best_of_k_curves(np.ones((1, val.size)), group_of, uniq.size, test, ks)[0]
+    k_hat = int(_first_reaching(curve[None, :], np.array([target]), ks)[0])
+    asymptote = float(test[val == uniq[-1]].mean())
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x52544D]))  # "RTM"
+    k_boot = np.empty(n_bootstrap, dtype=np.int64)
+    chunk = max(1, min(n_bootstrap, 4_000_000 // max(1, max_runs * uniq.size)))
+    for start in range(0, n_bootstrap, chunk):
+        b = min(chunk, n_bootstrap - start)
+        counts = rng.multinomial(val.size, np.full(val.size, 1.0 / val.size), size=b).astype(float)
+        if recipe is None:
+            targets = np.full(b, target)
+        else:
+            targets = recipe[rng.integers(0, recipe.size, size=(b, recipe.size))].mean(axis=1)
+        curves = _best_of_k_curves(counts, group_of, uniq.size, test, ks)
+        k_boot[start:start + b] = _first_reaching(curves, targets, ks)
+    alpha = (100.0 - float(confidence)) / 2.0
+    lo, hi = (int(np.quantile(k_boot, q / 100.0, method="inverted_cdf")) for q in (alpha, 100.0 - alpha))
+    return RunsToMatch(
+        k=None if k_hat > max_runs else k_hat, target=target, max_runs=max_runs, curve=curve, asymptote=asymptote,
+        interval=tuple(None if x > max_runs else x for x in (lo, hi)),
+        p_within=float(np.mean(k_boot <= max_runs)), confidence=float(confidence), n_bootstrap=n_bootstrap,
+        seed=int(seed), n_baseline=int(val.size), n_recipe=None if recipe is None else int(recipe.size),
     )
 
 

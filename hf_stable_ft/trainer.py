@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -16,9 +17,13 @@ from .callback import StableFineTuningCallback
 from .diagnostics import place_before_reporters
 from .optimizer_factory import create_stable_optimizer
 from .preparation import prepare_model
+from .restarts import RESTARTS_KEY, RestartRecordCallback, attempt_seeds, first_alarm, move_checkpoints_aside, read_restart_record
 from .settings_record import _resume_refusal, checkpoint_settings_mismatch, read_checkpoint_settings
+from .weight_averaging import WeightAveragingCallback
 
 __all__ = ["StableTrainer", "updates_per_epoch"]
+
+logger = logging.getLogger("hf_stable_ft")
 
 
 def updates_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
@@ -47,6 +52,11 @@ class StableTrainer(Trainer):
         callbacks = list(callbacks or [])
         if not any(isinstance(c, StableFineTuningCallback) for c in callbacks):
             callbacks.insert(0, StableFineTuningCallback())
+        # Weight averaging (inert unless weight_averaging is set) and the restart record, right after it.
+        first = next(i for i, c in enumerate(callbacks) if isinstance(c, StableFineTuningCallback))
+        self.weight_averaging_callback = WeightAveragingCallback()
+        self.restart_record_callback = RestartRecordCallback()
+        callbacks[first + 1:first + 1] = [self.weight_averaging_callback, self.restart_record_callback]
         super().__init__(model, args, *pos, callbacks=callbacks, **kwargs)
         # transformers 5 takes any forward(**kwargs) as consuming num_items_in_batch; the encoder heads ignore it and
         # return a per-batch mean, so the Trainer would skip the 1/gradient_accumulation_steps scaling and multiply the
@@ -128,18 +138,116 @@ class StableTrainer(Trainer):
                                      noise_type=self.args.r3f_noise_type, label_names=label_names)
         return (loss, outputs) if return_outputs else loss
 
+    def evaluate(self, *args, **kwargs):
+        """The stock evaluation; during training with ``weight_averaging`` on, of the averaged weights (swapped in,
+        the training weights restored afterwards). After ``train()`` the model holds the average itself."""
+        averager = self.weight_averaging_callback
+        if averager.active and averager.in_training and averager.count > 0:
+            with averager.swapped_in():
+                return super().evaluate(*args, **kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The stock save. In a checkpoint written during training with ``weight_averaging`` on, the model files
+        hold the training weights (what a resume continues) and ``weight_average.pt`` the average; after
+        ``train()`` the model is the average, so ``save_model()`` writes the averaged model."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        averager = self.weight_averaging_callback
+        if averager.active and averager.in_training and self.args.should_save:
+            averager.save(output_dir if output_dir is not None else self.args.output_dir)
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        # Tells StableTrainingArguments that the loss-changing settings (R3F) are applied: the stock Trainer with the
-        # same arguments is refused when it builds its schedule.
+        # Tells StableTrainingArguments that the StableTrainer-only settings (R3F, weight averaging, restarts) are
+        # applied: the stock Trainer with the same arguments is refused when it builds its schedule.
         previous = getattr(self.args, "_in_stable_trainer", False)
         self.args._in_stable_trainer = True
         try:
+            if self.args.restart_degenerate_runs > 0:
+                return self._train_with_restarts(resume_from_checkpoint, *args, **kwargs)
             return self._train_with_floor(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.args._in_stable_trainer = previous
 
+    def _train_with_restarts(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``restart_degenerate_runs``: train; while the degenerate-run alarm stopped the attempt and restarts are
+        left, rebuild the model with ``model_init`` and train again with the next seeds (see
+        :mod:`hf_stable_ft.restarts`). Returns the first healthy attempt's output (or the last attempt's)."""
+        limit = self.args.restart_degenerate_runs
+        trial = kwargs.get("trial", args[0] if args else None)
+        if self.model_init is None:
+            raise RuntimeError(
+                f"restart_degenerate_runs={limit} rebuilds the model from the pretrained weights for each attempt, "
+                "which needs model_init: pass StableTrainer(model_init=lambda: "
+                "AutoModelForSequenceClassification.from_pretrained(...), ...) instead of model=..."
+            )
+        if trial is not None or self.hp_search_backend is not None:
+            raise RuntimeError(f"restart_degenerate_runs={limit} is not supported inside hyperparameter_search (a "
+                               "trial's model is built from the trial's values); set it to 0 for the search")
+        base_seed, base_data_seed = self.args.seed, self.args.data_seed
+        attempts: list[dict] = []
+        start = 0
+        checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+        if checkpoint is not None:
+            stored = read_restart_record(checkpoint)
+            if stored is not None:  # continue the attempt the checkpoint belongs to, keeping the earlier ones
+                attempts, start = list(stored["attempts"]), int(stored["current"]["attempt"])
+                base_seed, base_data_seed = stored["base_seed"], stored["base_data_seed"]
+        recorder = self.restart_record_callback
+        output = None
+        try:
+            for attempt in range(start, limit + 1):
+                seed, data_seed = attempt_seeds(base_seed, base_data_seed, attempt)
+                self.args.seed, self.args.data_seed = seed, data_seed
+                self._set_accelerator_data_seed(data_seed)
+                recorder.record = {"base_seed": base_seed, "base_data_seed": base_data_seed, "limit": limit,
+                                   "attempts": list(attempts),
+                                   "current": {"attempt": attempt, "seed": seed, "data_seed": data_seed}}
+                output = self._train_with_floor(resume_from_checkpoint if attempt == start else None, *args, **kwargs)
+                alarm = first_alarm(self.state.log_history)
+                entry = {"attempt": attempt, "seed": seed, "data_seed": data_seed,
+                         "global_step": int(self.state.global_step), "degenerate": alarm is not None,
+                         "alarm": None if alarm is None else {"step": alarm.step, "reason": alarm.reason}}
+                if alarm is None or attempt == limit:
+                    attempts.append(entry)
+                    break
+                entry["log_history"] = list(self.state.log_history)
+                attempts.append(entry)
+                moved = move_checkpoints_aside(recorder.saved_checkpoints, self.args.output_dir, attempt, seed) \
+                    if self.args.should_save else None
+                logger.warning("hf_stable_ft: attempt %d (seed %d) degenerate at update %d (%s); restarting with seed %d "
+                               "(%d of %d restarts)%s", attempt, seed, alarm.step, alarm.reason, seed + 1,
+                               attempt + 1, limit, f"; its checkpoints moved to {moved}" if moved else "")
+        finally:
+            self.args.seed, self.args.data_seed = base_seed, base_data_seed
+            self._set_accelerator_data_seed(base_data_seed)
+        final = attempts[-1]
+        record = {"base_seed": base_seed, "base_data_seed": base_data_seed, "limit": limit, "attempts": attempts,
+                  "current": {k: final[k] for k in ("attempt", "seed", "data_seed")},
+                  "returned_attempt": final["attempt"], "restarted": final["attempt"] > 0,
+                  "failed_attempts": sum(a["degenerate"] for a in attempts[:-1]), "healthy": not final["degenerate"]}
+        recorder.record = None
+        if self.state.stateful_callbacks is not None:
+            self.state.stateful_callbacks[RESTARTS_KEY] = record
+        return output
+
+    def _set_accelerator_data_seed(self, data_seed) -> None:
+        # The Trainer hands args.data_seed to accelerate once, in __init__; its seedable sampler draws the data
+        # order from it, so an attempt's data_seed must reach it too.
+        config = getattr(getattr(self, "accelerator", None), "dataloader_config", None)
+        if config is not None and hasattr(config, "data_seed"):
+            config.data_seed = data_seed
+
+    def _resolve_checkpoint(self, resume_from_checkpoint):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if not checkpoint or not isinstance(checkpoint, (str, os.PathLike)):
+            return None
+        return os.fspath(checkpoint)
+
     def _train_with_floor(self, resume_from_checkpoint=None, *args, **kwargs):
         self._check_resume_settings(resume_from_checkpoint)
+        self.weight_averaging_callback.resume_from = self._resolve_checkpoint(resume_from_checkpoint)
         floor = self.args.min_train_steps
         # An explicit max_steps is what the user asked for; StableTrainingArguments refuses one below an explicit
         # min_train_steps, so here a floor can only come from a recipe, and it gives way.

@@ -42,25 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import get_encoder_layout, unwrap_model
+from .architectures import ENCODER_LAYOUTS, get_encoder_layout, unwrap_model
 
 __all__ = ["OUTPUT_LAYERS", "load_intermediate_checkpoint", "map_output_rows", "output_layer_path"]
 
 logger = logging.getLogger(__name__)
 
-# model_type -> dotted path of the output layer (the nn.Linear with one row per label) in the task model.
-# Keyed like hf_stable_ft.architectures.ENCODER_LAYOUTS; belongs there as an ``output_layer`` column.
-OUTPUT_LAYERS: dict[str, str] = {
-    "bert": "classifier",
-    "roberta": "classifier.out_proj",
-    "xlm-roberta": "classifier.out_proj",
-    "electra": "classifier.out_proj",
-    "distilbert": "classifier",
-    "deberta-v2": "classifier",
-    "mpnet": "classifier.out_proj",
-    "modernbert": "classifier",
-    "albert": "classifier",
-}
+# model_type -> dotted path of the output layer, read from the architecture table (kept for older imports).
+OUTPUT_LAYERS: dict[str, str] = {model_type: layout.output_layer for model_type, (_, layout) in ENCODER_LAYOUTS.items()}
 
 _RESERVED_KWARGS = ("num_labels", "id2label", "label2id", "ignore_mismatched_sizes", "output_loading_info")
 

@@ -47,3 +47,29 @@ def tiny_args(output_dir, **overrides) -> StableTrainingArguments:
 
 def parameters_of(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def nan_logits_from(net, step: int):
+    """Make ``net``'s training forward passes return NaN logits from its ``step``-th one on (a forced collapse)."""
+    calls = {"train": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["train"] += 1
+            if calls["train"] >= step:
+                return output * float("nan")
+        return output
+
+    net.classifier.register_forward_hook(poison)
+    return net
+
+
+def nan_from_seed(monkeypatch, experiment, step: int, seed: int):
+    """Patch ``experiment._fresh_model`` so the run of ``seed`` collapses to NaN logits from training step ``step``."""
+    real = experiment._fresh_model
+
+    def fresh_model(prepared, run_seed):
+        net = real(prepared, run_seed)
+        return nan_logits_from(net, step) if run_seed == seed else net
+
+    monkeypatch.setattr(experiment, "_fresh_model", fresh_model)

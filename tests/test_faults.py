@@ -24,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+import fault_worker
 import pytest
 import torch
 import yaml
+from helpers import nan_from_seed
 from scale_fixtures import save_tiny_bert_with_tokenizer, write_rte
 from tiny_models import tiny_model
 
-import fault_worker
 from hf_stable_ft import cli, experiment
 from hf_stable_ft.experiment import SweepConfig, read_finished_runs, run_sweep
 
@@ -188,24 +189,7 @@ def test_nan_loss_is_recorded_as_a_degenerate_run_with_its_step_and_the_sweep_go
                                                                                      monkeypatch):
     model, glue = glue_fixture
     nan_from_step = 3
-    real_fresh_model = experiment._fresh_model
-
-    def fresh_model(prepared, seed):
-        net = real_fresh_model(prepared, seed)
-        if seed == 1:
-            calls = collections.Counter()
-
-            def poison(module, inputs, output):  # NaN logits from the 3rd training batch on
-                if module.training:
-                    calls["train"] += 1
-                    if calls["train"] >= nan_from_step:
-                        return output * float("nan")
-                return output
-
-            net.classifier.register_forward_hook(poison)
-        return net
-
-    monkeypatch.setattr(experiment, "_fresh_model", fresh_model)
+    nan_from_seed(monkeypatch, experiment, nan_from_step, seed=1)  # NaN logits from the 3rd training batch on
     config = SweepConfig(task="rte", model=str(model), recipes=["mosbach2021"], seeds=[0, 1, 2], data_dir=str(glue),
                          evaluations_per_run=2,
                          training={"max_steps": 6, "per_device_train_batch_size": 8, "use_cpu": True,

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import nan_from_seed
 from scale_fixtures import save_tiny_bert_with_tokenizer, write_rte
 
 from hf_stable_ft import cli, experiment
@@ -286,23 +287,7 @@ def _section(markdown: str, heading: str) -> str:
 
 
 def _nan_from(monkeypatch, step: int, seed: int = 0):
-    real = experiment._fresh_model
-
-    def fresh_model(prepared, run_seed):
-        net = real(prepared, run_seed)
-        calls = collections.Counter()
-        if run_seed == seed:
-            def poison(module, inputs, output):
-                if module.training:
-                    calls["train"] += 1
-                    if calls["train"] >= step:
-                        return output * float("nan")
-                return output
-
-            net.classifier.register_forward_hook(poison)
-        return net
-
-    monkeypatch.setattr(experiment, "_fresh_model", fresh_model)
+    nan_from_seed(monkeypatch, experiment, step, seed)
 
 
 def test_a_nan_run_without_abort_records_the_nonfinite_loss_and_the_report_shows_it(tiny, tmp_path, monkeypatch):

@@ -139,7 +139,7 @@ def test_full_report(tmp_path):
     assert aborted["score_source"] == "last evaluation"
     # markdown: table, verdict with counts and caveat, failed-runs section with the error's last line
     assert "| **devlin2019** (baseline) | 4 |" in md
-    assert "0/4 degenerate runs vs 2/4 for devlin2019" in md
+    assert "devlin2019 2/4, mosbach2021 0/4, zhang2021_reinit 0/4." in md
     assert "weak evidence" in md and "4 seeds" in md
     assert "RuntimeError: CUDA out of memory" in md
     assert "## Aborted runs" in md and "constant-prediction loss" in md
@@ -233,7 +233,7 @@ def test_single_seed_recipe_has_no_p_values(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     solo = summary["recipes"]["solo"]
     assert solo["summary"]["std"] is None and solo["vs_baseline"]["levene_p"] is None
-    assert "undefined" in md
+    assert "no Welch or Levene test: they need at least 2 runs of each recipe" in md
 
 
 def test_recipe_colours_never_use_the_degenerate_red():
@@ -262,7 +262,8 @@ def test_verdict_is_the_report_section_and_reads_from_summary_json(tmp_path):
     md = write_report(tmp_path, figures=False).read_text()
     section = md[md.index("## Verdict"): md.index("\n## Results")].strip()
     assert verdict(load_summary(tmp_path)) == section  # what the demo prints
-    assert "> No test split" in section and "0/4 degenerate runs vs 2/4 for devlin2019" in section
+    assert "> No test split" in section and "devlin2019 2/4, mosbach2021 0/4" in section
+    assert "Dodge et al. 2019; no test split" in section  # runs-to-match on validation scores, said so
     summary = summarize_sweep(load_runs(tmp_path))
     assert verdict(summary) == verdict(summary.as_dict()) == section
     assert summary.as_dict() == summarize_runs(load_runs(tmp_path))
@@ -275,3 +276,90 @@ def test_layer_groups_are_drawn_bottom_to_top_whatever_the_file_order():
     assert sorted_keys[:3] == ["embeddings", "head", "layer.0"]  # what runs.jsonl's sorted keys hold
     assert group_order(sorted_keys) == ["embeddings"] + [f"layer.{i}" for i in range(12)] + ["pooler", "head"]
     assert group_order(["head", "all", "head"]) == ["all", "head"]
+
+
+# ---------------------------------------------------------------- the headline: runs-to-match
+
+
+def _pairs(summary, recipe, split="test"):
+    runs = summary["recipes"][recipe]["runs"]
+    return [r["validation"] for r in runs], [r[split] for r in runs]
+
+
+def test_summary_runs_to_match_is_the_stats_function_on_the_counted_runs(tmp_path):
+    from hf_stable_ft.stats import runs_to_match
+
+    make_sweep(tmp_path, corrupt=False)
+    summary = summarize_runs(load_runs(tmp_path), n_bootstrap=200, seed=3)
+    assert summary["runs_to_match_settings"]["baselines"] == ["devlin2019"]  # no stock recipe in this sweep
+    assert summary["runs_to_match_settings"]["max_runs"] == 100
+    base_val, base_test = _pairs(summary, "devlin2019")
+    for name in ("mosbach2021", "zhang2021_reinit"):
+        got = summary["recipes"][name]["runs_to_match"]["devlin2019"]
+        want = runs_to_match(base_val, base_test, _pairs(summary, name)[1], max_runs=100, n_bootstrap=200,
+                             seed=3).as_dict()
+        want.pop("curve")
+        assert got == want
+    assert summary["recipes"]["devlin2019"]["runs_to_match"] is None  # not matched against itself
+
+
+def _learner_runs(recipe, test_scores, val_offset=0.0):
+    """Finished runs with the given test scores (validation = test + offset), no diagnostics."""
+    runs = []
+    for seed, t in enumerate(test_scores):
+        r = make_run(recipe, seed, score=0.3, diagnostics=False)
+        r["best_validation"], r["test_at_best_validation"] = t + val_offset, t
+        r["degenerate"] = t + val_offset <= 0.0
+        runs.append(r)
+    return runs
+
+
+def test_verdict_leads_with_degenerate_counts_and_runs_to_match(tmp_path):
+    # devlin2019: the run best on validation (0.4) has test 0.40; E_k = 0.4 * (1 - 0.75**k): 0.1, 0.175, 0.231 ...
+    # one "good" run averages 0.2 -> k = 3 (0.175 < 0.2 <= 0.23125); stock is always 0 -> never reaches it.
+    runs = _learner_runs("devlin2019", [0.0, 0.0, 0.0, 0.4])
+    runs[1]["best_validation"], runs[2]["best_validation"] = 0.01, 0.02  # distinct validation scores, order kept
+    runs += _learner_runs("good", [0.1, 0.3, 0.2, 0.2])
+    runs += _learner_runs("stock", [0.0, 0.0, 0.0, 0.0])
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    section = md[md.index("## Verdict"): md.index("\n## Results")]
+    lead, stats = section.split("\n\n")[1:3]
+    assert "Degenerate runs" in lead and "devlin2019 3/4, good 0/4, stock 4/4" in lead
+    assert "One good run ≈ 3 devlin2019 runs (95% bootstrap interval:" in lead
+    assert "no number of stock runs up to 100 reaches one good run" in lead
+    assert "One devlin2019 run already matches one run of stock on average." in lead
+    assert "Welch" not in lead and "Welch p=" in stats  # the statistics come after the plain finding
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    good = summary["recipes"]["good"]["runs_to_match"]
+    assert good["devlin2019"]["k"] == 3 and good["devlin2019"]["target"] == pytest.approx(0.2)
+    assert good["stock"]["k"] is None and good["stock"]["never"] and good["stock"]["asymptote"] == 0.0
+
+
+def test_verdict_says_plainly_when_a_test_is_undefined(tmp_path):
+    runs = _learner_runs("devlin2019", [0.0, 0.0, 0.0])
+    runs += _learner_runs("stock", [0.0, 0.0, 0.0])
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    section = md[md.index("## Verdict"): md.index("\n## Results")]
+    assert "p=–" not in section and ", undefined)" not in section  # the run-on form the issue quoted
+    assert ("mean 0.000 vs 0.000 (Welch's test is undefined: neither recipe's score varies from run to run)"
+            in section)
+    assert "Levene's test is undefined: neither recipe's score varies from run to run" in section
+    assert "One devlin2019 run already matches one run of stock on average." in section
+
+
+def test_summary_json_without_runs_to_match_still_loads(tmp_path):
+    from hf_stable_ft.report import SweepSummary, verdict
+
+    make_sweep(tmp_path, corrupt=False)
+    data = summarize_runs(load_runs(tmp_path), n_bootstrap=50)
+    old = json.loads(json.dumps(data))
+    del old["runs_to_match_settings"]
+    for entry in old["recipes"].values():
+        del entry["runs_to_match"]
+    text = verdict(SweepSummary.from_dict(old))  # a summary.json written before runs-to-match existed
+    assert "Degenerate runs" in text and "≈ N runs" not in text and "Welch p=" in text
+    new = verdict(SweepSummary.from_dict(data))
+    assert "devlin2019 run" in new and "≈ N runs" in new
+    assert set(data) >= set(old) and all(set(data["recipes"][n]) >= set(e) for n, e in old["recipes"].items())

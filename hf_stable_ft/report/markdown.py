@@ -30,7 +30,49 @@ def _md(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _k_range(lo, hi, max_runs) -> str:
+    """A bootstrap interval of a runs-to-match number in words: "2–7", "3", "2 to over 100", "over 100"."""
+    if lo is None:
+        return f"over {max_runs}"
+    if hi is None:
+        return f"{lo} to over {max_runs}"
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int) -> str:
+    """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
+    variants."""
+    k, max_runs = m.get("k"), m.get("max_runs")
+    lo, hi = (list(m.get("interval") or []) + [None, None])[:2]
+    ci = f" ({m.get('confidence', 95):g}% bootstrap interval: {_k_range(lo, hi, max_runs)})"
+    if k is None:
+        p_never = 1.0 - float(m.get("p_within") or 0.0)
+        return (f"no number of {base} runs up to {max_runs} reaches one {name} run: one {name} run averages "
+                f"{_fmt(m.get('target'), scale, digits)}, the best-on-validation of many {base} runs levels off at "
+                f"{_fmt(m.get('asymptote'), scale, digits)} (never within {max_runs} runs in {p_never:.0%} of "
+                "bootstrap resamples over seeds)")
+    if k == 1:
+        return f"one {base} run already matches one {name} run on average{ci}"
+    return f"one {name} run ≈ {k} {base} runs{ci}"
+
+
+def _undefined_reason(s: Mapping, bs: Mapping) -> str:
+    if s["n"] < 2 or bs["n"] < 2:
+        return "it needs at least 2 runs of each recipe"
+    if _num(s["std"]) == 0 and _num(bs["std"]) == 0:
+        return "neither recipe's score varies from run to run"
+    return "the scores have no spread to test"
+
+
+def _test_phrase(label: str, p, s: Mapping, bs: Mapping) -> str:
+    """"Welch p=0.003, significant at 5%" or, when the test has no p-value, why, in words."""
+    if _num(p) is None:
+        return f"{label}'s test is undefined: {_undefined_reason(s, bs)}"
+    return f"{label} p{_p_eq(p)}{_sig(p)}"
+
+
 def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
+    """[the verdict's text (paragraphs separated by blank lines), its caveats]."""
     scale, digits = summary.display_scale, _digits(summary)
     base = summary.baseline_recipe
     recipes = summary.recipes
@@ -39,27 +81,58 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
     split = summary.split
     metric = summary.metric
     seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
-    out = [f"{len(recipes)} recipe(s), {seeds} seeds each, {metric} on the {split} split"
-           + (f" (×{scale:g})" if scale != 1 else "") + f"; baseline: {base}."]
+    head = [f"{len(recipes)} recipe(s), {seeds} seeds each, {metric} on the {split} split"
+            + (f" (×{scale:g})" if scale != 1 else "") + f"; baseline: {base}."]
+    scored = {n: e.summary for n, e in recipes.items() if e.summary is not None}
+    if scored:
+        head.append("Degenerate runs (best validation score not above the majority class — the model learned "
+                    "nothing beyond predicting one class): "
+                    + ", ".join(f"{n} {s['n_degenerate']}/{s['n']}" for n, s in scored.items()) + ".")
     if b.summary is None:
-        return [" ".join(out), f"The baseline {base} has no counted runs, so nothing is compared against it."]
+        return [" ".join(head), f"The baseline {base} has no counted runs, so nothing is compared against it."]
+
+    # the plain finding: how many baseline runs one run of each recipe is worth
+    settings = summary.runs_to_match_settings or {}
+    baselines = [n for n in settings.get("baselines", []) if n in recipes]
+    better, no_better = [], []
+    for name, e in recipes.items():
+        found = e.runs_to_match or {}
+        if name == base or base not in found:
+            continue
+        if found[base].get("k") == 1:
+            no_better.append(name)
+            continue
+        clauses = [_match_clause(name, b_name, found[b_name], scale, digits) for b_name in baselines
+                   if b_name in found and b_name != name]
+        text = "; ".join(clauses)
+        better.append(text[0].upper() + text[1:] + ".")
+    head += better
+    if no_better:
+        head.append(f"One {base} run already matches one run of {', '.join(no_better)} on average.")
+    if better or no_better:
+        picked = ("best-on-validation run is expected to score at least one recipe run's mean test score (Zhang et "
+                  "al. 2021's selection)" if split == "test" else
+                  "expected best validation score (Dodge et al. 2019; no test split) reaches one recipe run's mean")
+        head.append(f"(≈ N runs: the fewest baseline runs whose {picked}; intervals: bootstrap over the seeds of both "
+                    "recipes.)")
+
     bs = b.summary
+    stats_lines = []
     n_tests = 0
     for name, e in recipes.items():
         if name == base or e.summary is None:
             continue
         s, cmp_ = e.summary, e.vs_baseline or {}
         n_tests += 1
-        parts = [f"**{name}** had {s['n_degenerate']}/{s['n']} degenerate runs vs {bs['n_degenerate']}/{bs['n']} "
-                 f"for {base}"]
-        mean_sig = _sig(cmp_.get("t_p"))
-        parts.append(f"its mean was {_fmt(s['mean'], scale, digits)} vs {_fmt(bs['mean'], scale, digits)} "
-                     f"(Welch p{_p_eq(cmp_.get('t_p'))}{mean_sig})")
-        std_sig = _sig(cmp_.get("levene_p"))
-        parts.append(f"its std was {_fmt(s['std'], scale, digits)} vs {_fmt(bs['std'], scale, digits)} "
-                     f"(Levene p{_p_eq(cmp_.get('levene_p'))}{std_sig})")
-        out.append("; ".join(parts) + ".")
-    scored = {n: e.summary for n, e in recipes.items() if e.summary is not None}
+        if s["n"] < 2 or bs["n"] < 2:
+            stats_lines.append(f"**{name}** vs {base}: mean {_fmt(s['mean'], scale, digits)} vs "
+                               f"{_fmt(bs['mean'], scale, digits)} (no Welch or Levene test: they need at least 2 "
+                               "runs of each recipe).")
+            continue
+        stats_lines.append(
+            f"**{name}** vs {base}: mean {_fmt(s['mean'], scale, digits)} vs {_fmt(bs['mean'], scale, digits)} "
+            f"({_test_phrase('Welch', cmp_.get('t_p'), s, bs)}); std {_fmt(s['std'], scale, digits)} vs "
+            f"{_fmt(bs['std'], scale, digits)} ({_test_phrase('Levene', cmp_.get('levene_p'), s, bs)}).")
     if len(scored) > 1:
         def leaders(items: dict, key: str, pick) -> str:
             target = pick(v[key] for v in items.values())
@@ -84,15 +157,17 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
             line += f"; fewest degenerate runs: {few}."
         else:
             line += "; every recipe had the same share of degenerate runs."
-        out.append(line)
+        stats_lines.append(line)
     caveats = []
     if ns and ns[0] < SMALL_N:
-        caveats.append(f"With {seeds} seeds per recipe these p-values are weak evidence: small samples miss real "
-                       "differences and make chance ones look large (the papers used 20–25 seeds).")
+        caveats.append(f"With {seeds} seeds per recipe these numbers are weak evidence: small samples miss real "
+                       "differences and make chance ones look large (the papers used 20–25 seeds); numbers of "
+                       "baseline runs above the seeds run extrapolate from them.")
     if n_tests > 1:
         caveats.append(f"The {n_tests} comparisons are not corrected for multiple testing.")
     caveats.append("A p-value above 0.05 means no evidence of a difference, not evidence of equality.")
-    return [" ".join(out), " ".join(caveats)]
+    paragraphs = [" ".join(head)] + ([" ".join(stats_lines)] if stats_lines else [])
+    return ["\n\n".join(paragraphs), " ".join(caveats)]
 
 
 def _alarm_text(entry: dict) -> str:
@@ -118,9 +193,11 @@ def _sig(p) -> str:
 
 
 def verdict(summary: SweepSummary | Mapping) -> str:
-    """The report's ``## Verdict`` section (markdown): one paragraph comparing every recipe with the baseline
-    (degenerate runs, mean and std with their p-values, the leaders), its caveats in italics, and the summary's
-    notes as quotes. ``summary`` is a :class:`SweepSummary` or its dict view (``summary.json``)."""
+    """The report's ``## Verdict`` section (markdown). First the plain finding: how many runs of each recipe were
+    degenerate and how many baseline runs one run of each recipe is worth ("one zhang2021 run ≈ 4 devlin2019
+    runs", or that no number of them up to the limit reaches it; :func:`hf_stable_ft.stats.runs_to_match`); then
+    a paragraph of statistics (mean and std against the baseline with their p-values, saying so in words when a
+    test is undefined, and the leaders); its caveats in italics; and the summary's notes as quotes. ``summary`` is a :class:`SweepSummary` or its dict view (``summary.json``)."""
     if not isinstance(summary, SweepSummary):
         summary = SweepSummary.from_dict(summary)
     text, caveats = _verdict_and_caveats(summary)

@@ -20,6 +20,14 @@ Which score represents a run
 * **Failed** runs (status ``failed``: an exception, not a bad seed) and records with an unknown status are
   not counted; they are listed separately with their error.
 * If one ``run_id`` appears on several lines (a resumed sweep), the last line wins and a warning says so.
+
+The headline number
+-------------------
+For every recipe, :func:`hf_stable_ft.stats.runs_to_match` against the baseline recipe and, when the sweep has it,
+``stock`` (the stock ``Trainer`` defaults): the fewest baseline runs whose best-on-validation run is expected to
+score at least one run of the recipe (its mean score), with a 95% bootstrap interval over the seeds of both, up to
+:data:`MATCH_MAX_RUNS` runs. Stored as each recipe's ``runs_to_match`` (``{baseline: {...}}``); how it was computed
+is ``runs_to_match_settings``.
 """
 
 from __future__ import annotations
@@ -36,14 +44,25 @@ import numpy as np
 
 from ..records import RunRecord, json_safe, latest_by_run_id, read_records
 from ..stats import _finite as _num  # float(x) for a finite number, else None
-from ..stats import bootstrap_expected_test, compare_to_baseline, expected_max_curve, summarize
+from ..stats import (
+    bootstrap_expected_test,
+    compare_to_baseline,
+    expected_max_curve,
+    runs_to_match,
+    summarize,
+)
 
 __all__ = ["RunScore", "RecipeSummary", "SweepSummary", "load_runs", "score_run", "summarize_sweep",
-           "summarize_runs", "load_summary", "SUMMARY_FILE", "TABLE_TRIALS", "DEFAULT_BASELINE"]
+           "summarize_runs", "load_summary", "SUMMARY_FILE", "TABLE_TRIALS", "DEFAULT_BASELINE", "STOCK_RECIPE",
+           "MATCH_MAX_RUNS"]
 
 SUMMARY_FILE = "summary.json"
 TABLE_TRIALS = (1, 5, 10)
 DEFAULT_BASELINE = "devlin2019"
+#: The stock ``Trainer`` defaults: a second baseline for the runs-to-match number when the sweep has it.
+STOCK_RECIPE = "stock"
+#: The most baseline runs the runs-to-match number considers ("no number of runs up to this reaches it").
+MATCH_MAX_RUNS = 100
 
 
 def load_runs(path, skip_corrupt: bool = False) -> list[dict]:
@@ -179,6 +198,10 @@ class RecipeSummary:
     expected_test: dict | None = None
     expected_test_curve: dict | None = None
     vs_baseline: dict | None = None
+    #: ``{baseline: runs-to-match}`` against each match baseline (:attr:`SweepSummary.runs_to_match_settings`):
+    #: :meth:`hf_stable_ft.stats.RunsToMatch.as_dict` without the curve — ``k`` (None: never within
+    #: ``max_runs``), ``interval``, ``p_within``, ``target``, ``asymptote``, ...
+    runs_to_match: dict | None = None
     #: :meth:`RunScore.row` of every counted run.
     runs: list[dict] = dataclasses.field(default_factory=list)
 
@@ -214,6 +237,9 @@ class SweepSummary:
     #: Set by the report: the runs of the gradient-norm figure, and the figures drawn.
     grad_norm_runs: list[str] | None = None
     figures: dict[str, str] | None = None
+    #: How the runs-to-match numbers were computed: ``{"baselines": [...], "max_runs", "n_bootstrap", "seed",
+    #: "confidence", "selection"}`` (None in a summary written before they existed).
+    runs_to_match_settings: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -322,6 +348,21 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
     else:
         notes.append(f"The baseline recipe {baseline_recipe!r} has no counted runs: no p-values.")
 
+    # the headline: one run of each recipe is worth how many runs of each baseline (Zhang et al.'s selection)
+    match_baselines = [b for b in dict.fromkeys([baseline_recipe, STOCK_RECIPE]) if b in scores_by_recipe]
+    pairs = {name: ([r.validation for r in rows if r.recipe == name and r.counted],
+                    [getattr(r, split) for r in rows if r.recipe == name and r.counted]) for name in scores_by_recipe}
+    for name in scores_by_recipe:
+        found = {}
+        for base in match_baselines:
+            if base == name:
+                continue
+            res = runs_to_match(*pairs[base], pairs[name][1], max_runs=MATCH_MAX_RUNS, n_bootstrap=n_bootstrap,
+                                seed=seed).as_dict()
+            res.pop("curve")
+            found[base] = res
+        per_recipe[name].runs_to_match = found or None
+
     settings = {name: next((r.settings for r in records if r.recipe == name and isinstance(r.settings, dict)), None)
                 for name in recipes}
     summary = SweepSummary(
@@ -333,6 +374,12 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
         alarms=[a for a in (_alarm(r) for r in records) if a is not None],
         settings_that_differ=_differing_settings(settings),
         n_bootstrap=n_bootstrap, bootstrap_seed=seed, std_ddof=1, levene_center="median", notes=notes,
+        runs_to_match_settings={
+            "baselines": match_baselines, "max_runs": MATCH_MAX_RUNS, "n_bootstrap": n_bootstrap, "seed": seed,
+            "confidence": 95.0,
+            "selection": ("test score of the best-on-validation run (Zhang et al. 2021)" if split == "test" else
+                          "best validation score (Dodge et al. 2019): no test split"),
+        },
     )
     return SweepSummary.from_dict(json_safe(summary.as_dict()))  # JSON-ready: NaN -> None, numpy -> Python
 
