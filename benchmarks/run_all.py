@@ -59,8 +59,9 @@ def stability_table(cell_dir: Path) -> str:
         f"**{cell_dir.name}** ({cell_dir.parent.name.removeprefix('stability_').upper()} runs) — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
         f"(majority baseline {_pct(summary['majority_baseline'].get(summary['split']))})",
         "",
-        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs devlin2019 |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs devlin2019 "
+        "| one run ≈ N baseline runs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for recipe, entry in summary["recipes"].items():
         s = entry["summary"]
@@ -71,9 +72,19 @@ def stability_table(cell_dir: Path) -> str:
         lines.append(
             f"| {recipe} | {s['n']} | {_pct(s['mean'])} ± {_pct(s['std'])} | {_pct(s['max'])} | "
             f"{s['n_degenerate']}/{s['n']} | {' / '.join(_pct(m) for m in means)} | "
-            f"{'–' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'} |"
+            f"{'–' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'} | {_runs_to_match(entry)} |"
         )
     return "\n".join(lines)
+
+
+def _runs_to_match(entry: dict) -> str:
+    """The report's headline number per baseline (hf_stable_ft.stats.runs_to_match, stored in summary.json)."""
+    found = entry.get("runs_to_match") or {}
+    cells = []
+    for baseline, match in found.items():
+        k = "never ≤ {}".format(match["max_runs"]) if match.get("never") else f"≈ {match['k']}"
+        cells.append(f"{k} {baseline}")
+    return "; ".join(cells) or "–"
 
 
 def _section(title: str, files: list[str], note: str, notes_file: str | None = None) -> list[str]:
