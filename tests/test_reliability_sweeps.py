@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from helpers import nan_from_seed
-from scale_fixtures import save_tiny_bert_with_tokenizer, write_rte
+from sweep_fixtures import fast_flags, fast_training, make_tiny, sweep_argv, sweep_config
 
 from hf_stable_ft import cli, experiment
 from hf_stable_ft.experiment import SweepConfig, read_finished_runs, run_sweep
@@ -33,25 +33,21 @@ from hf_stable_ft.report import load_runs, summarize_runs, write_report
 from hf_stable_ft.stats import degenerate_record
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"max_steps": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "use_cpu": True}
-FAST_FLAGS = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-              "--use_cpu", "true"]
+FAST = fast_training(2)
+FAST_FLAGS = fast_flags(2)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {"model": str(save_tiny_bert_with_tokenizer(root / "model")), "glue": str(write_rte(root / "glue", 32, 16))}
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(tiny, recipes=("stock",), seeds=(0,), **training) -> SweepConfig:
-    return SweepConfig(task="rte", model=tiny["model"], recipes=list(recipes), seeds=list(seeds), data_dir=tiny["glue"],
-                       evaluations_per_run=1, training={**FAST, **training})
+    return sweep_config(tiny, recipes, seeds, evaluations=1, steps=2, **training)
 
 
 def _argv(tiny, output, *extra, recipes="stock", seeds="1"):
-    return ["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--recipes", recipes,
-            "--seeds", seeds, "--evaluations", "1", "--output", str(output), *extra, *FAST_FLAGS]
+    return sweep_argv(tiny, output, *extra, recipes=recipes, seeds=seeds, evaluations=1, max_steps=2)
 
 
 @pytest.fixture

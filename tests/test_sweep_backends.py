@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from scale_fixtures import free_port, save_tiny_bert_with_tokenizer, write_rte
+from scale_fixtures import free_port
+from sweep_fixtures import fast_flags, fast_training, make_tiny, sweep_argv, sweep_config
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(600)  # every Ray wait below is bounded too; this bounds a hung Ray itself
@@ -41,27 +42,23 @@ from hf_stable_ft.sweep_backends import LocalBackend, RayBackend, make_backend
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-FAST = {"max_steps": 4, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "use_cpu": True}
-FAST_FLAGS = ["--max_steps", "4", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-              "--use_cpu", "true"]
+FAST = fast_training(4)
+FAST_FLAGS = fast_flags(4)
 ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {"model": str(save_tiny_bert_with_tokenizer(root / "model")), "glue": str(write_rte(root / "glue", 32, 16))}
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(tiny, recipes=("stock",), seeds=(0,), **training) -> SweepConfig:
-    return SweepConfig(task="rte", model=tiny["model"], recipes=list(recipes), seeds=list(seeds), data_dir=tiny["glue"],
-                       evaluations_per_run=2, training={**FAST, **training})
+    return sweep_config(tiny, recipes, seeds, evaluations=2, steps=4, **training)
 
 
 def _argv(tiny, output, *extra, recipes="stock", seeds="1"):
-    return ["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--recipes", recipes,
-            "--seeds", seeds, "--evaluations", "2", "--output", str(output), *extra, *FAST_FLAGS]
+    return sweep_argv(tiny, output, *extra, recipes=recipes, seeds=seeds, evaluations=2, max_steps=4)
 
 
 def _ray_init_kwargs() -> dict:
