@@ -263,12 +263,8 @@ class StableTrainer(Trainer):
 
     def _check_resume_settings(self, resume_from_checkpoint) -> None:
         """Refuse, before any state is loaded, a resume whose technique settings differ from the checkpoint's."""
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-        if not checkpoint or not isinstance(checkpoint, (str, os.PathLike)):
-            return
-        stored = read_checkpoint_settings(os.fspath(checkpoint))
+        checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+        stored = read_checkpoint_settings(checkpoint) if checkpoint is not None else None
         if stored is not None:
             differ = checkpoint_settings_mismatch(stored, self.args)
             if differ:
