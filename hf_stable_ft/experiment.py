@@ -94,9 +94,6 @@ def default_model() -> str:
 
 DEFAULT_MODEL = "embedded:all-MiniLM-L6-v2"
 
-_training_arguments = build_arguments  # older name
-
-
 @dataclasses.dataclass
 class SweepConfig:
     """Everything that defines a sweep; stored as ``DIR/sweep.json`` to detect a different sweep's directory.
@@ -405,7 +402,7 @@ def _run_arguments(recipe: RecipeSpec, seed: int, output_dir: str | os.PathLike,
     if save_best:
         common.update(save_strategy="steps", save_steps=common["eval_steps"], load_best_model_at_end=True,
                       metric_for_best_model=f"validation_{primary_metric}", greater_is_better=True, save_total_limit=1)
-    return _training_arguments(recipe, common)
+    return build_arguments(recipe, common)
 
 
 def run_single(
