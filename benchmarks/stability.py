@@ -43,6 +43,28 @@ SINGLE_TECHNIQUES = [
     "mixout0.1=devlin2019:adam_bias_correction=true:mixout_prob=0.1",
     "pwd0.01=devlin2019:adam_bias_correction=true:pretrained_weight_decay=0.01",
 ]
+#: The stabilisers that came after the papers (issue #17), each on the 3-epoch bias-corrected base. EMA decay 0.99
+#: (a window of ~100 of the 189 updates; 0.999 would average in the first updates); RecAdam's t0 = 50 of 189
+#: updates (the paper's 250 is for runs of thousands); ChildTuning p as the paper's middle values.
+LATER_TECHNIQUES = [
+    "noisytune0.15=devlin2019:adam_bias_correction=true:noisytune_intensity=0.15",
+    "childF0.3=devlin2019:adam_bias_correction=true:child_tuning_mode=F:child_tuning_p=0.3",
+    "childD0.3=devlin2019:adam_bias_correction=true:child_tuning_mode=D:child_tuning_p=0.3",
+    "r3f1=devlin2019:adam_bias_correction=true:r3f_lambda=1.0",
+    "ema0.99=devlin2019:adam_bias_correction=true:weight_averaging=ema:ema_decay=0.99",
+    "swa0.75=devlin2019:adam_bias_correction=true:weight_averaging=swa:swa_start_fraction=0.75",
+    "recadam=devlin2019:adam_bias_correction=true:pretrained_weight_decay=0.01:recadam_k=0.1:recadam_t0=50",
+]
+#: The same on top of zhang2021 (the question Zhang et al. asked of Mixout and LLRD).
+LATER_ON_ZHANG = [
+    "zhang+noisytune0.15=zhang2021:noisytune_intensity=0.15",
+    "zhang+childF0.3=zhang2021:child_tuning_mode=F:child_tuning_p=0.3",
+    "zhang+childD0.3=zhang2021:child_tuning_mode=D:child_tuning_p=0.3",
+    "zhang+r3f1=zhang2021:r3f_lambda=1.0",
+    "zhang+ema0.999=zhang2021:weight_averaging=ema:ema_decay=0.999",
+    "zhang+swa0.75=zhang2021:weight_averaging=swa:swa_start_fraction=0.75",
+    "zhang+recadam=zhang2021:pretrained_weight_decay=0.01:recadam_k=0.1:recadam_t0=250",
+]
 PRESETS = ["devlin2019", "stock", "mosbach2021", "zhang2021"]
 INTERMEDIATE = "intermediate=devlin2019:adam_bias_correction=true"
 LABEL_MAP = {"entailment": "entailment", "neutral": "not_entailment", "contradiction": "not_entailment"}
@@ -62,8 +84,13 @@ class Cell:
 def cells(seeds_small: int, seeds_full: int) -> list[Cell]:
     out = []
     for task, n in (("cola", seeds_small), ("rte", seeds_small)):
-        out.append(Cell(f"{task}-1k-lr2e-5", task, 1000, PRESETS + SINGLE_TECHNIQUES, n))
-        out.append(Cell(f"{task}-1k-lr1e-4", task, 1000, ["devlin2019", BASE_3EP], n, {"learning_rate": 1e-4}))
+        out.append(Cell(f"{task}-1k-lr2e-5", task, 1000, PRESETS + SINGLE_TECHNIQUES + LATER_TECHNIQUES
+                        + LATER_ON_ZHANG, n))
+        out.append(Cell(f"{task}-1k-lr1e-4", task, 1000, ["devlin2019", BASE_3EP] + LATER_TECHNIQUES, n,
+                        {"learning_rate": 1e-4}))
+    # a task where every recipe learns: does a technique still change anything there?
+    out.append(Cell("sst2-1k-lr2e-5", "sst2", 1000, PRESETS + [BASE_3EP] + LATER_TECHNIQUES + LATER_ON_ZHANG,
+                    seeds_small))
     out.append(Cell("rte-1k-intermediate", "rte", 1000, [INTERMEDIATE], seeds_small, intermediate=True))
     for task in ("rte", "cola"):
         out.append(Cell(f"{task}-full-lr2e-5", task, None, PRESETS, seeds_full))

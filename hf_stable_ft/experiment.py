@@ -53,6 +53,7 @@ from transformers.trainer_utils import set_seed
 from .args import StableTrainingArguments
 from .callback import get_fine_tuning_state
 from .recipe_variants import STOCK, RecipeSpec, build_arguments, parse_recipe  # noqa: F401  (STOCK re-exported)
+from .restarts import RESTARTS_KEY
 from .settings_record import SETTINGS_KEY
 from .data import DataSpec, get_task_info, load_task
 from .metrics import compute_metrics_for, constant_baseline, constant_prediction_loss
@@ -422,9 +423,8 @@ def run_single(
     once complete.
     """
     info = prepared.task
-    primary = info.primary_metric
-    eval_splits = [s for s in ("validation", "test") if s in prepared.datasets]
-    args = _run_arguments(recipe, seed, output_dir, training, evaluations_per_run, primary,
+    eval_splits = eval_splits_of(prepared)
+    args = _run_arguments(recipe, seed, output_dir, training, evaluations_per_run, info.primary_metric,
                           save_best=save_best_to is not None)
     model = _fresh_model(prepared, seed)
     trainer_cls = Trainer if recipe.is_stock else StableTrainer
@@ -437,6 +437,26 @@ def run_single(
         processing_class=prepared.tokenizer,
         compute_metrics=compute_metrics_for(info),
     )
+    return train_and_record(trainer, recipe, seed, prepared, save_best_to=save_best_to)
+
+
+def eval_splits_of(prepared: Any) -> list[str]:
+    """The evaluated splits of a sweep's shared object, in order: ``validation`` and, if present, ``test``."""
+    splits = getattr(prepared, "eval_splits", None)
+    if splits is not None:
+        return list(splits)
+    return [s for s in ("validation", "test") if s in prepared.datasets]
+
+
+def train_and_record(trainer: Trainer, recipe: RecipeSpec, seed: int, prepared: Any, *,
+                     save_best_to: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train ``trainer`` (built with one run's arguments, evaluating ``eval_splits_of(prepared)``) and return the
+    run's record; an exception inside training is recorded as ``failed``, not raised. ``prepared`` gives the task,
+    the majority baseline and the constant-prediction loss (a :class:`PreparedTask` or a Trainer-factory sweep's)."""
+    info = prepared.task
+    primary = info.primary_metric
+    eval_splits = eval_splits_of(prepared)
+    args = trainer.args
     trainer.remove_callback(PrinterCallback)  # the sweep shows one progress bar over runs instead
     started = time.time()
     status, error = "finished", None
@@ -458,12 +478,16 @@ def run_single(
         status = "aborted"
     settings = args.to_dict()
     settings.update(trainer_class=type(trainer).__name__, recipe_fields=recipe.fields())
-    state = get_fine_tuning_state(model)
+    state = get_fine_tuning_state(trainer.model)
     if state is not None:
         settings["resolved_reinit_layers"] = state.reinit_layers
-    applied = (trainer.state.stateful_callbacks or {}).get(SETTINGS_KEY)
+    callback_states = trainer.state.stateful_callbacks or {}
+    applied = callback_states.get(SETTINGS_KEY)
     if applied is not None:  # where each value came from (explicit / recipe / default) and what was applied
         settings[SETTINGS_KEY] = applied
+    restarts = callback_states.get(RESTARTS_KEY)
+    if restarts is not None:  # every attempt of restart_degenerate_runs: never a first-try success in the report
+        settings[RESTARTS_KEY] = restarts
     record = RunRecord(
         run_id=f"{recipe.label}/seed={seed}",
         recipe=recipe.label,
@@ -811,13 +835,14 @@ def _check_free_space(path: Path, min_free_bytes: int = 200 * 2**20) -> None:
         raise OSError(f"only {free / 2**20:.0f} MiB free under {path}; need at least {min_free_bytes / 2**20:.0f} MiB")
 
 
-def _validate_recipes(config: SweepConfig) -> list[RecipeSpec]:
+def _validate_recipes(config: SweepConfig, primary: str | None = None) -> list[RecipeSpec]:
     """Parse every recipe and build its runs' arguments with the shared flags: every error before any work."""
     recipes = [parse_recipe(r) for r in config.recipes]
     labels = [r.label for r in recipes]
     if len(set(labels)) != len(labels):
         raise ValueError(f"recipe labels must be unique, got {labels}")
-    primary = get_task_info(config.task).primary_metric if config.data is None else "accuracy"  # only names it
+    if primary is None:
+        primary = get_task_info(config.task).primary_metric if config.data is None else "accuracy"  # only names it
     with tempfile.TemporaryDirectory(prefix="hf_stable_ft_check_") as probe:
         for spec in recipes:
             try:
@@ -836,7 +861,7 @@ def failed_record(prepared: Any, recipe: Any, seed: int, error: str, *, device: 
     extra = _task_facts(info) if not isinstance(info, str) else {}  # what run_single's records of a user's task add
     if isinstance(info, str):  # a task name (older PreparedTask)
         info = get_task_info(info)
-    eval_splits = [s for s in ("validation", "test") if s in prepared.datasets]
+    eval_splits = eval_splits_of(prepared)
     return RunRecord(
         run_id=f"{recipe.label}/seed={seed}", recipe=recipe.label, seed=seed, task=info.name, status="failed",
         primary_metric=info.primary_metric,
@@ -860,13 +885,27 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
     ``LocalBackend()``) or as Ray tasks (``RayBackend(...)``); it is started before the data are loaded (a cluster
     that cannot be reached is refused before any run) and only hands records back: this driver writes them all.
     """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
+                         "--overwrite sets them aside; pass one")
+    recipes = _validate_recipes(config)
+    return execute_sweep(config, output, recipes, prepare=lambda: prepare_task(config), run_fn=run_single,
+                         resume=resume, overwrite=overwrite, progress=progress, backend=backend)
+
+
+def execute_sweep(config: Any, output: str | os.PathLike, recipes: list[RecipeSpec], *, prepare: Any, run_fn: Any,
+                  resume: bool, overwrite: bool, progress: bool, backend: Any) -> Path:
+    """The sweep directory's one writer, for any kind of sweep: plan against the records (refusing a different
+    sweep or other settings), lock, start ``backend``, ``prepare()`` the shared object (data, model or a user's
+    Trainer factory), then append each record the backend yields. ``config`` has ``seeds``, ``training``,
+    ``evaluations_per_run``, ``task`` and ``identity()`` / ``shared_settings()`` (a :class:`SweepConfig` or
+    :class:`hf_stable_ft.trainer_sweep.TrainerSweepConfig`); ``recipes`` are already validated."""
     from .sweep_backends import LocalBackend
 
     backend = LocalBackend() if backend is None else backend
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
                          "--overwrite sets them aside; pass one")
-    recipes = _validate_recipes(config)
     output = Path(output)
     runs_path = output / RUNS_FILE
     _check_output_usable(output)
@@ -878,7 +917,7 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
             pass
     backend.start()  # connect before the slow loading: an unreachable cluster is refused before any run
     try:
-        prepared = prepare_task(config)  # the data and the model, before anything is written
+        prepared = prepare()  # the data and the model, before anything is written
         _make_output_dir(output)
     except BaseException:
         backend.close()
@@ -900,7 +939,7 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
         degenerate = 0
         # records come back as runs finish (in pair order locally); each is appended here, the one writer
         for done, (recipe, seed, record) in enumerate(
-                backend.runs(prepared, todo, config.training, config.evaluations_per_run, run_fn=run_single,
+                backend.runs(prepared, todo, config.training, config.evaluations_per_run, run_fn=run_fn,
                              failed_fn=failed_record), 1):
             record["sweep_settings"] = {"shared": shared, "recipe": _recipe_settings(recipe)}
             _append_record(runs_path, record)

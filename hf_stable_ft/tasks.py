@@ -49,7 +49,8 @@ class Task:
         primary_metric: key of the headline score (``metric_for_best_model``; the score records hold).
         metric_names: every built-in metric key the task's ``compute_metrics`` returns (primary included).
         text_columns: the text columns of the loaded dataset: one (single texts) or two (pairs, tokenised as
-            pairs). GLUE tasks are normalised to ``sentence1`` [``sentence2``].
+            pairs); none for a Trainer-factory sweep (:mod:`hf_stable_ft.trainer_sweep`), whose data the user's own
+            pipeline prepares. GLUE tasks are normalised to ``sentence1`` [``sentence2``].
         small: under the ``zhang2021`` protocol, the validation split is halved per class into validation and
             test (``True``: RTE, MRPC, STS-B, CoLA and every user dataset without a test split); otherwise a
             validation split is carved out of train (the large GLUE tasks).
@@ -83,7 +84,7 @@ class Task:
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task kind {self.kind!r} is invalid; allowed: {', '.join(TASK_KINDS)}")
-        if not 1 <= len(self.text_columns) <= 2:
+        if len(self.text_columns) > 2:  # none: a Trainer-factory sweep, whose own pipeline tokenises
             raise ValueError(f"a task has one or two text columns (a text or a text pair); got {list(self.text_columns)}")
         if self.kind == CLASSIFICATION and len(self.label_names) < 2:
             raise ValueError(f"a classification task needs at least 2 classes; got {list(self.label_names)}")

@@ -31,3 +31,24 @@ def sweep_config(tiny, recipes, seeds, *, evaluations: int, steps: int, **traini
 def sweep_argv(tiny, output, *extra, recipes: str, seeds: str, evaluations: int, max_steps: int) -> list[str]:
     return ["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--recipes", recipes,
             "--seeds", seeds, "--evaluations", str(evaluations), "--output", str(output), *extra, *fast_flags(max_steps)]
+
+
+class CliTrainerFactory:
+    """``make_trainer(args)`` for :func:`hf_stable_ft.run_trainer_sweep` building the Trainer ``run_single`` builds
+    (a class at module level, so Ray workers unpickle it by reference with ``prepared`` as its state)."""
+
+    def __init__(self, prepared):
+        self.prepared = prepared
+
+    def __call__(self, args):
+        from transformers import DataCollatorWithPadding
+
+        from hf_stable_ft import experiment, trainer_class_for
+        from hf_stable_ft.metrics import compute_metrics_for
+
+        prepared = self.prepared
+        return trainer_class_for(args)(
+            model=experiment._fresh_model(prepared, args.seed), args=args, train_dataset=prepared.datasets["train"],
+            eval_dataset={"validation": prepared.datasets["validation"], "test": prepared.datasets["test"]},
+            data_collator=DataCollatorWithPadding(prepared.tokenizer), processing_class=prepared.tokenizer,
+            compute_metrics=compute_metrics_for(prepared.task))

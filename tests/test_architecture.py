@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_stable_ft"
 
 #: The experiment layer: what builds on the plugin to run studies. Everything else is the plugin core.
 EXPERIMENT_LAYER = {"data", "tasks", "metrics", "records", "recipe_variants", "experiment", "sweep_backends", "report",
-                    "demo", "cli"}
+                    "trainer_sweep", "demo", "cli"}
 
 
 def _module_name(path: Path) -> str:

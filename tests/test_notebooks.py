@@ -22,7 +22,8 @@ from conftest import glue_dir
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_stability_study", "03_intermediate_transfer", "04_diagnose_failed_run"]
+EXPECTED = ["01_quickstart", "02_stability_study", "03_intermediate_transfer", "04_diagnose_failed_run",
+            "05_your_trainer_sweep"]
 COLAB_URL = "https://colab.research.google.com/github/{owner}/hf_stable_ft/blob/main/notebooks/{name}.ipynb"
 MAX_BYTES = 1_500_000
 CELL_TIMEOUT_S = 300

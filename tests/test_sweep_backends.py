@@ -292,6 +292,30 @@ def test_ray_and_local_give_the_same_scores_and_share_the_data_once(tiny, tmp_pa
     assert f"degenerate {degenerate}/4" in progress
 
 
+def test_a_trainer_factory_sweep_on_ray_gives_the_local_records_and_puts_the_factory_once(tiny, tmp_path, local_ray,
+                                                                                          one_thread, monkeypatch):
+    from sweep_fixtures import CliTrainerFactory
+
+    from hf_stable_ft import run_trainer_sweep
+    from hf_stable_ft.experiment import prepare_task
+
+    make_trainer = CliTrainerFactory(prepare_task(_config(tiny)))
+    kwargs = dict(metric="accuracy", recipes=["stock", "devlin2019"], seeds=[0, 1], training=FAST,
+                  evaluations_per_run=2, name="RTE", progress=False)
+    local = read_finished_runs(run_trainer_sweep(make_trainer, tmp_path / "local", **kwargs))
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value, **kw: puts.append(type(value).__name__) or real_put(value, **kw))
+    remote = read_finished_runs(run_trainer_sweep(make_trainer, tmp_path / "ray", backend=RayBackend(max_concurrent=2),
+                                                  **kwargs))
+    assert puts == ["TrainerFactoryTask"]  # the factory and the data it holds, once
+    assert sorted(remote) == sorted(local) and len(local) == 4
+    for run_id, record in local.items():
+        assert record["status"] == "finished", record.get("error")
+        for key in SCORES:
+            assert remote[run_id].get(key) == record.get(key), (run_id, key)
+
+
 # ------------------------------------------------------------------ faults
 
 
