@@ -223,17 +223,19 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true",
                        help="start over: the previous records are moved aside to runs.jsonl.bak-<time>, not deleted")
     sweep.add_argument("--report", action="store_true", help="write the report when the sweep ends")
-    sweep.add_argument("--backend", default="local", choices=["local", "ray"],
-                       help="where the runs execute: local (one after another here) or ray (one Ray task per run; "
+    sweep.add_argument("--backend", default="local", choices=["local", "processes", "ray"],
+                       help="where the runs execute: local (one after another here), processes (--max-concurrent "
+                            "worker processes here, e.g. packed on one GPU) or ray (one Ray task per run; "
                             "pip install 'hf_stable_ft[ray]')")
     sweep.add_argument("--address", default=None, help="--backend ray: auto (the Ray running on this machine) or "
                        "HOST:PORT of a cluster's head (default: start Ray on this machine)")
     sweep.add_argument("--cpus-per-run", type=_positive_int, default=None,
-                       help="--backend ray: CPUs (and torch threads) per run (default 1)")
+                       help="--backend ray|processes: CPUs (and torch threads) per run (default 1)")
     sweep.add_argument("--gpus-per-run", type=_gpu_share, default=None,
                        help="--backend ray: GPUs per run; a fraction packs runs on one GPU, e.g. 0.25 (default 0)")
     sweep.add_argument("--max-concurrent", type=_positive_int, default=None,
-                       help="--backend ray: runs in flight at most (default: as the cluster's resources allow)")
+                       help="--backend ray: runs in flight at most (default: as the cluster's resources allow); "
+                            "--backend processes: worker processes (default 2)")
 
     transfer = commands.add_parser("transfer", allow_abbrev=False, help="intermediate task (e.g. MNLI) then the target task")
     _add_data_options(transfer)

@@ -747,7 +747,8 @@ def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: 
     Refuses a directory holding a different sweep (unless ``resume``) and, always, a label whose recorded runs
     were trained with other settings than this sweep gives it.
     """
-    all_pairs = [(r, s) for r in recipes for s in config.seeds]
+    # seed-major: a sweep stopped early (killed, time-boxed) leaves every recipe with about the same seeds
+    all_pairs = [(r, s) for s in config.seeds for r in recipes]
     settings_path = output / SWEEP_FILE
     previous = None
     if settings_path.exists():
@@ -872,7 +873,8 @@ def failed_record(prepared: Any, recipe: Any, seed: int, error: str, *, device: 
 
 
 def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-              progress: bool = True, backend: Any = None) -> Path:
+              progress: bool = True, backend: Any = None, stop_at: float | None = None,
+              prepared: PreparedTask | None = None) -> Path:
     """Run every (recipe, seed) of ``config`` not yet in ``output/runs.jsonl`` (and retry the failed ones);
     return that file's path.
 
@@ -884,17 +886,31 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
     ``backend`` (:mod:`hf_stable_ft.sweep_backends`) runs the pairs: one after another here (the default,
     ``LocalBackend()``) or as Ray tasks (``RayBackend(...)``); it is started before the data are loaded (a cluster
     that cannot be reached is refused before any run) and only hands records back: this driver writes them all.
+
+    ``stop_at`` (a ``time.time()`` value): no run starts after it; the runs in flight finish and are recorded, the
+    rest are left for the next call (a time-boxed study). ``prepared``: this config's :func:`prepare_task` result, to
+    reuse across calls (loading is skipped; it must come from the same config).
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
                          "--overwrite sets them aside; pass one")
     recipes = _validate_recipes(config)
-    return execute_sweep(config, output, recipes, prepare=lambda: prepare_task(config), run_fn=run_single,
-                         resume=resume, overwrite=overwrite, progress=progress, backend=backend)
+    return execute_sweep(config, output, recipes, prepare=(lambda: prepare_task(config)) if prepared is None else
+                         (lambda: prepared), run_fn=run_single, resume=resume, overwrite=overwrite, progress=progress,
+                         backend=backend, stop_at=stop_at)
+
+
+def _until(pairs: list, stop_at: float | None):
+    """``pairs`` one at a time, none once ``time.time()`` has passed ``stop_at``."""
+    for pair in pairs:
+        if stop_at is not None and time.time() >= stop_at:
+            logger.warning("the sweep's time is up: %d run(s) left for the next call", len(pairs) - pairs.index(pair))
+            return
+        yield pair
 
 
 def execute_sweep(config: Any, output: str | os.PathLike, recipes: list[RecipeSpec], *, prepare: Any, run_fn: Any,
-                  resume: bool, overwrite: bool, progress: bool, backend: Any) -> Path:
+                  resume: bool, overwrite: bool, progress: bool, backend: Any, stop_at: float | None = None) -> Path:
     """The sweep directory's one writer, for any kind of sweep: plan against the records (refusing a different
     sweep or other settings), lock, start ``backend``, ``prepare()`` the shared object (data, model or a user's
     Trainer factory), then append each record the backend yields. ``config`` has ``seeds``, ``training``,
@@ -939,8 +955,8 @@ def execute_sweep(config: Any, output: str | os.PathLike, recipes: list[RecipeSp
         degenerate = 0
         # records come back as runs finish (in pair order locally); each is appended here, the one writer
         for done, (recipe, seed, record) in enumerate(
-                backend.runs(prepared, todo, config.training, config.evaluations_per_run, run_fn=run_fn,
-                             failed_fn=failed_record), 1):
+                backend.runs(prepared, _until(todo, stop_at), config.training, config.evaluations_per_run,
+                             run_fn=run_fn, failed_fn=failed_record), 1):
             record["sweep_settings"] = {"shared": shared, "recipe": _recipe_settings(recipe)}
             _append_record(runs_path, record)
             degenerate += bool(record.get("degenerate"))

@@ -1,4 +1,5 @@
-"""Where a sweep's runs execute: one after another in the driver (:class:`LocalBackend`) or on Ray (:class:`RayBackend`).
+"""Where a sweep's runs execute: one after another in the driver (:class:`LocalBackend`), in worker processes of this
+machine (:class:`ProcessBackend`: several runs packed on one GPU box, no Ray needed) or on Ray (:class:`RayBackend`).
 
 A backend only *runs* (recipe, seed) pairs and hands each finished run's record back to the driver as it finishes;
 it never writes. :func:`hf_stable_ft.experiment.run_sweep` stays the one writer of ``DIR/runs.jsonl``: it validates
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import socket
 import tempfile
 import time
@@ -41,11 +43,11 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["BACKENDS", "LocalBackend", "RayBackend", "SweepBackend", "make_backend"]
+__all__ = ["BACKENDS", "LocalBackend", "ProcessBackend", "RayBackend", "SweepBackend", "make_backend"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "processes", "ray")
 
 #: A run: ``run_fn(prepared, recipe, seed, output_dir, training, evaluations_per_run) -> record dict`` (the
 #: signature of :func:`hf_stable_ft.experiment.run_single`). ``run_sweep`` hands its run function and its
@@ -99,6 +101,164 @@ class LocalBackend(SweepBackend):
         for recipe, seed in pairs:
             yield recipe, seed, _run_in_temp_dir(self.run_fn or run_fn, prepared, recipe, seed, training,
                                                  evaluations_per_run)
+
+
+# --------------------------------------------------------------------------------------- worker processes
+
+
+def _process_worker(jobs, results, prepared, threads, run_fn, failed_fn):
+    """A :class:`ProcessBackend` worker: take ``(job_id, recipe, seed, training, evaluations)`` until ``None``, put
+    ``(job_id, record)``. ``prepared`` arrived once, when the process was started."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(threads)
+    parent = os.getppid()
+    while True:
+        try:
+            job = jobs.get(timeout=5)
+        except Exception:  # queue.Empty
+            if os.getppid() != parent:  # the driver was killed: nobody would record this worker's runs
+                return
+            continue
+        if job is None:
+            return
+        job_id, recipe, seed, training, evaluations_per_run = job
+        started = time.time()
+        try:
+            record = _run_in_temp_dir(run_fn, prepared, recipe, seed, training, evaluations_per_run)
+        except Exception as exc:  # noqa: BLE001 - one broken run must not end the sweep
+            record = failed_fn(prepared, recipe, seed, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
+                               device=f"worker process {os.getpid()}", wall_time_s=round(time.time() - started, 2))
+        results.put((job_id, record))
+
+
+class ProcessBackend(SweepBackend):
+    """``workers`` runs at once in worker processes of this machine (``spawn``), without Ray: several small runs
+    packed on one GPU box, or both cores of a laptop with one thread each.
+
+    Each worker gets the shared data and weights once, when it starts, and runs one pair at a time with
+    ``threads_per_run`` torch threads (one by default: a CPU run then gives the local backend's scores). On a GPU
+    every worker shares the visible GPU(s). Records go back to the driver as runs finish, and the driver writes
+    them. A worker process that dies mid-run (killed, out of memory) is replaced, and its run is run again, at most
+    ``max_retries`` times; after that it is recorded as failed, once. An exception inside a run is a ``failed``
+    record, not a retry. ``run_fn`` replaces :func:`hf_stable_ft.experiment.run_single` (it must be importable in a
+    fresh process).
+    """
+
+    name = "processes"
+
+    def __init__(self, workers: int = 2, *, threads_per_run: int = 1, max_retries: int = 2,
+                 run_fn: RunFn | None = None):
+        for flag, value, low in (("--max-concurrent", workers, 1), ("--cpus-per-run", threads_per_run, 1),
+                                 ("max_retries", max_retries, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{flag} {value!r} is invalid; allowed: an integer >= {low}")
+        self.workers = workers
+        self.threads_per_run = threads_per_run
+        self.max_retries = max_retries
+        self.run_fn = run_fn
+        self.retried: list[str] = []  # run ids run again after their worker died
+
+    def describe(self) -> str:
+        return f"processes ({self.workers} worker(s), {self.threads_per_run} thread(s) per run)"
+
+    def runs(self, prepared, pairs, training, evaluations_per_run, *, run_fn, failed_fn):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        run_fn = self.run_fn or run_fn
+        pending = iter(pairs)  # pulled one at a time: a caller's generator may stop handing out pairs
+        workers: dict[int, tuple[Any, Any]] = {}  # slot -> (process, its job queue)
+        holding: dict[int, int | None] = {}  # slot -> job id it runs
+        jobs: dict[int, tuple[Any, int]] = {}
+        attempts: dict[int, int] = {}
+        done: set[int] = set()
+        next_id = 0
+
+        def start(slot):
+            queue = context.Queue()
+            process = context.Process(target=_process_worker, name=f"hf_stable_ft_worker_{slot}", daemon=True,
+                                      args=(queue, results, prepared, self.threads_per_run, run_fn, failed_fn))
+            process.start()
+            workers[slot], holding[slot] = (process, queue), None
+
+        def assign(slot, job_id):
+            recipe, seed = jobs[job_id]
+            attempts[job_id] = attempts.get(job_id, 0) + 1
+            holding[slot] = job_id
+            workers[slot][1].put((job_id, recipe, seed, training, evaluations_per_run))
+
+        retry: list[int] = []
+        exhausted = False
+        try:
+            try:
+                for slot in range(self.workers):
+                    start(slot)
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                raise TypeError(f"--backend processes sends the sweep's shared data (and a Trainer factory) to worker "
+                                f"processes with pickle, which failed: {error}. Define make_trainer at module level "
+                                "(not a lambda or a function inside a function), or use the local or ray "
+                                "backend") from error
+            while True:
+                for slot in workers:
+                    if holding[slot] is not None:
+                        continue
+                    if retry:
+                        assign(slot, retry.pop(0))
+                    elif not exhausted:
+                        pair = next(pending, None)
+                        if pair is None:
+                            exhausted = True
+                            continue
+                        jobs[next_id] = pair
+                        assign(slot, next_id)
+                        next_id += 1
+                if exhausted and not retry and all(job is None for job in holding.values()):
+                    return
+                try:
+                    job_id, record = results.get(timeout=1.0)
+                except Exception:  # queue.Empty: look after the workers
+                    job_id = None
+                if job_id is not None:
+                    for slot, held in holding.items():
+                        if held == job_id:
+                            holding[slot] = None
+                    if job_id not in done:  # a late duplicate of a retried run is dropped: recorded once
+                        done.add(job_id)
+                        recipe, seed = jobs[job_id]
+                        yield recipe, seed, record
+                    continue
+                for slot, (process, _) in list(workers.items()):
+                    if process.is_alive():
+                        continue
+                    lost, code = holding[slot], process.exitcode
+                    start(slot)
+                    if lost is None or lost in done:
+                        continue
+                    recipe, seed = jobs[lost]
+                    run_id = f"{recipe.label}/seed={seed}"
+                    if attempts[lost] <= self.max_retries:
+                        logger.warning("the worker running %s died (exit code %s): running it again", run_id, code)
+                        self.retried.append(run_id)
+                        retry.append(lost)
+                    else:
+                        done.add(lost)
+                        yield recipe, seed, failed_fn(
+                            prepared, recipe, seed, f"the worker process died (exit code {code}) in each of "
+                            f"{attempts[lost]} attempts ({self.max_retries} retries)", device="worker process")
+        finally:
+            for process, queue in workers.values():
+                if process.is_alive():
+                    queue.put(None)
+            for process, _ in workers.values():
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=5)
 
 
 # --------------------------------------------------------------------------------------------------------- Ray
@@ -262,16 +422,23 @@ class RayBackend(SweepBackend):
         task = ray.remote(_ray_task).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries,
             retry_exceptions=False, name="hf_stable_ft_run")
-        pending = list(pairs)
+        pending = iter(pairs)  # pulled as slots free up: a caller's generator may stop handing out pairs
         in_flight: dict[Any, tuple[Any, int]] = {}
-        limit = self.max_concurrent or len(pending)
+        limit = self.max_concurrent or math.inf
+        exhausted = False
         try:
-            while pending or in_flight:
-                while pending and len(in_flight) < limit:
-                    recipe, seed = pending.pop(0)
+            while True:
+                while not exhausted and len(in_flight) < limit:
+                    pair = next(pending, None)
+                    if pair is None:
+                        exhausted = True
+                        break
+                    recipe, seed = pair
                     ref = task.remote(shared, recipe, seed, training, evaluations_per_run, self.cpus_per_run,
                                       self.run_fn or run_fn, failed_fn)
                     in_flight[ref] = (recipe, seed)
+                if not in_flight:
+                    return
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in done:
                     recipe, seed = in_flight.pop(ref)
@@ -305,9 +472,16 @@ def make_backend(name: str = "local", *, address: str | None = None, cpus_per_ru
                                           ("--gpus-per-run", gpus_per_run), ("--max-concurrent", max_concurrent))
                  if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)}: for --backend ray only (the local backend runs one run at a "
-                             "time in this process); add --backend ray or leave the flag out")
+            raise ValueError(f"{', '.join(given)}: for --backend ray or processes (the local backend runs one run at "
+                             "a time in this process); add --backend processes|ray or leave the flag out")
         return LocalBackend()
+    if name == "processes":
+        given = [flag for flag, value in (("--address", address), ("--gpus-per-run", gpus_per_run)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for --backend ray only (worker processes share this machine's "
+                             "GPUs); leave the flag out, or use --backend ray")
+        return ProcessBackend(2 if max_concurrent is None else max_concurrent,
+                              threads_per_run=1 if cpus_per_run is None else cpus_per_run)
     return RayBackend(address, cpus_per_run=1 if cpus_per_run is None else cpus_per_run,
                       gpus_per_run=0.0 if gpus_per_run is None else gpus_per_run, max_concurrent=max_concurrent,
                       **ray_kwargs)

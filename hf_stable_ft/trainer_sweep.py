@@ -321,6 +321,7 @@ def run_trainer_sweep(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    stop_at: float | None = None,
 ) -> Path:
     """Run every (recipe, seed) pair with the Trainer ``make_trainer(args)`` builds; return ``output/runs.jsonl``.
 
@@ -340,7 +341,8 @@ def run_trainer_sweep(
         greater_is_better: must be True (a sweep selects, tests and reports by higher-is-better scores).
         backend: :class:`~hf_stable_ft.sweep_backends.LocalBackend` (default) or ``RayBackend(...)``; ``make_trainer``
             and what it holds are pickled (cloudpickle) into Ray's object store once.
-        resume / overwrite / progress: as :func:`hf_stable_ft.experiment.run_sweep`.
+        resume / overwrite / progress / stop_at: as :func:`hf_stable_ft.experiment.run_sweep`. With
+            ``ProcessBackend``, ``make_trainer`` must be picklable (a module-level function or class instance).
 
     Everything is validated before any run: the config, every recipe's arguments with ``training``, and what
     ``make_trainer`` returns (one probe call per kind of arguments, untrained).
@@ -364,4 +366,4 @@ def run_trainer_sweep(
             return _prepare(make_trainer, config, specs, majority_baseline, constant_loss, probe)
 
     return execute_sweep(config, output, specs, prepare=prepare, run_fn=run_factory_single, resume=resume,
-                         overwrite=overwrite, progress=progress, backend=backend)
+                         overwrite=overwrite, progress=progress, backend=backend, stop_at=stop_at)

@@ -38,7 +38,7 @@ import torch
 
 from hf_stable_ft import cli, experiment
 from hf_stable_ft.experiment import SweepConfig, read_finished_runs, run_sweep
-from hf_stable_ft.sweep_backends import LocalBackend, RayBackend, make_backend
+from hf_stable_ft.sweep_backends import LocalBackend, ProcessBackend, RayBackend, make_backend
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -226,6 +226,9 @@ def no_runs(monkeypatch):
     (["--backend", "ray", "--address", "127.0.0.1:70000"], "--address"),
     (["--cpus-per-run", "2"], "--cpus-per-run"),  # a Ray flag with the local backend
     (["--address", "auto"], "--address"),
+    (["--backend", "processes", "--gpus-per-run", "0.5"], "--gpus-per-run"),  # worker processes share the GPUs
+    (["--backend", "processes", "--address", "auto"], "--address"),
+    (["--backend", "processes", "--max-concurrent", "0"], "--max-concurrent"),
 ])
 def test_bad_backend_flags_are_one_line_naming_the_flag_exit_2_and_nothing_written(extra, flag, tiny, tmp_path,
                                                                                    capsys, no_runs):
@@ -314,6 +317,67 @@ def test_a_trainer_factory_sweep_on_ray_gives_the_local_records_and_puts_the_fac
         assert record["status"] == "finished", record.get("error")
         for key in SCORES:
             assert remote[run_id].get(key) == record.get(key), (run_id, key)
+
+
+# ------------------------------------------------------------------ worker processes (no Ray)
+
+
+def test_worker_processes_give_the_local_records(tiny, tmp_path, one_thread):
+    config = _config(tiny, recipes=("stock", "devlin2019"), seeds=(0, 1))
+    local = read_finished_runs(run_sweep(config, tmp_path / "local", progress=False, backend=LocalBackend()))
+    backend = ProcessBackend(2)
+    path = run_sweep(config, tmp_path / "processes", progress=False, backend=backend)
+    remote = read_finished_runs(path)
+    assert sorted(remote) == sorted(local) and len(_lines(path)) == 4 and backend.retried == []
+    for run_id, record in local.items():
+        assert record["status"] == "finished", record.get("error")
+        for key in SCORES:
+            assert remote[run_id].get(key) == record.get(key), (run_id, key)
+
+
+def test_a_killed_worker_process_is_replaced_and_its_run_recorded_once(tiny, tmp_path):
+    out, markers = tmp_path / "sweep", tmp_path / "markers"
+    markers.mkdir()
+    backend = ProcessBackend(2, max_retries=1, run_fn=functools.partial(kill_worker, str(markers), 1, 1))
+    run_sweep(_config(tiny, seeds=(0, 1, 2)), out, progress=False, backend=backend)
+    assert sorted(p.name for p in markers.iterdir()) == ["attempt-1-1", "attempt-1-2"]
+    assert (markers / "attempt-1-1").read_text() != (markers / "attempt-1-2").read_text()  # in a new process
+    lines = _lines(out / "runs.jsonl")
+    assert sorted(r["run_id"] for r in lines) == ["stock/seed=0", "stock/seed=1", "stock/seed=2"]
+    assert all(r["status"] == "finished" for r in lines) and backend.retried == ["stock/seed=1"]
+
+
+def test_a_worker_process_that_keeps_dying_or_a_run_that_raises_is_recorded_failed_once(tiny, tmp_path):
+    out, markers = tmp_path / "sweep", tmp_path / "markers"
+    markers.mkdir()
+    run_sweep(_config(tiny, seeds=(0, 1)), out, progress=False,
+              backend=ProcessBackend(2, max_retries=1, run_fn=functools.partial(kill_worker, str(markers), 1, 5)))
+    records = {r["run_id"]: r for r in _lines(out / "runs.jsonl")}
+    assert len(records) == 2 and records["stock/seed=0"]["status"] == "finished"
+    assert records["stock/seed=1"]["status"] == "failed" and "died" in records["stock/seed=1"]["error"]
+    assert len(list(markers.iterdir())) == 2  # the first try and one retry
+    raised = tmp_path / "raised"
+    run_sweep(_config(tiny, seeds=(0, 1)), raised, progress=False,
+              backend=ProcessBackend(2, run_fn=functools.partial(raise_for_seed, 1)))
+    records = {r["run_id"]: r for r in _lines(raised / "runs.jsonl")}
+    assert records["stock/seed=1"]["status"] == "failed" and "boom" in records["stock/seed=1"]["error"]
+    assert records["stock/seed=0"]["status"] == "finished"
+
+
+def test_stop_at_starts_no_run_after_it_and_the_next_call_continues_seed_major(tiny, tmp_path):
+    config = _config(tiny, recipes=("stock", "devlin2019"), seeds=(0, 1, 2))
+    started = []
+
+    def counting(prepared, recipe, seed, run_dir, training, evaluations):
+        started.append((recipe.label, seed))
+        return experiment.run_single(prepared, recipe, seed, run_dir, training, evaluations)
+
+    path = run_sweep(config, tmp_path / "s", progress=False, backend=LocalBackend(run_fn=counting),
+                     stop_at=time.time() - 1)
+    assert started == [] and not path.exists()
+    run_sweep(config, tmp_path / "s", progress=False, backend=LocalBackend(run_fn=counting))
+    assert started == [("stock", 0), ("devlin2019", 0), ("stock", 1), ("devlin2019", 1), ("stock", 2),
+                       ("devlin2019", 2)]  # seed-major: a time box leaves balanced counts
 
 
 # ------------------------------------------------------------------ faults
