@@ -29,6 +29,7 @@ COMMANDS = {
     "mixout": "python benchmarks/bench_mixout.py --device {device} --output benchmarks/results/mixout_{device}.md",
     "diagnostics": "python benchmarks/bench_diagnostics.py --device {device}",
     "amp": "python benchmarks/bench_amp.py --device {device}",
+    "sweep": "python benchmarks/bench_sweep.py --output benchmarks/results/sweep_{device}.md",
     "stability": "python benchmarks/stability.py --output benchmarks/results/stability_{device} --workers 12",
 }
 
@@ -144,6 +145,10 @@ def assemble() -> Path:
             parts += [stability_table(cell), "",
                       f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
     parts += _section(*scale)
+    parts += _section("3b. Sweep backends: serial, worker processes, Ray", ["sweep_cuda.md", "sweep_cpu.md"],
+                      "Command: `python benchmarks/bench_sweep.py --output benchmarks/results/sweep_cpu.md` (issue #16 "
+                      "part 3): one fixed grid run serially and on 2 workers, one thread per run; target ≥1.8× and ≤5% "
+                      "engine overhead per run of ≥60 s.", "sweep_notes.md")
     demo = _read("demo_cpu.md")
     if demo:
         parts += ["## 4. The demo (`make demo`)", "", demo, ""]
@@ -166,7 +171,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(COMMANDS), help="run only these benchmarks")
     options = parser.parse_args()
     if options.run:
-        names = options.only or [n for n in COMMANDS if n != "stability" or options.stability]
+        names = options.only or [n for n in COMMANDS if (n != "stability" or options.stability)
+                                 and not (n == "sweep" and options.device == "cuda")]  # a CPU-thread measurement
         run(names, options.device)
     print(f"wrote {assemble()}")
 

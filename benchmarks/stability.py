@@ -1,8 +1,10 @@
-"""Stability benchmark: recipes × seeds on CoLA and RTE with the embedded MiniLM (issue #6, table 2).
+"""Stability benchmark: recipes × seeds on CoLA, RTE and SST-2 with the embedded MiniLM (issues #6, #17, #18).
 
-Runs the cells below with a pool of worker processes (on a GPU several small-model runs share the card),
-each cell a sweep directory with the usual ``runs.jsonl`` / ``report.md`` (``hf-stable-ft report``). It is
-resumable: finished runs are skipped, so a time-boxed call can be continued by the next one.
+Each cell is one sweep directory (``runs.jsonl`` / ``report.md``, as ``hf-stable-ft sweep``), run by
+:func:`hf_stable_ft.experiment.run_sweep` on a sweep backend: worker processes by default (``--workers N``: on a
+GPU, N small-model runs share the card; on CPU one thread each), or Ray (``--backend ray``). The cells are visited
+in blocks of ``--seed-block`` seeds, seed-major within a cell, so a time box (``--budget``) leaves every cell and
+recipe with about the same seeds; it is resumable: finished runs are skipped and the next call continues.
 
     python benchmarks/stability.py --output benchmarks/results/stability --workers 12 --budget 540
     python benchmarks/stability.py --output ... --cells cola-1k-lr2e-5 --seeds 4   # a smaller CPU run
@@ -18,16 +20,18 @@ per class into validation and test, test score at the best validation checkpoint
 * ``<task>-1k-lr1e-4``: the regime where BERTAdam's failure shows on this 6-layer model: devlin2019 vs
   the same with bias correction.
 * ``<task>-full-lr2e-5``: the whole training set, devlin2019 / stock / mosbach2021 / zhang2021.
+* ``sst2-1k-lr2e-5``: a task where every recipe learns; the presets, the bias-corrected base and the later
+  stabilisers (NoisyTune, ChildTuning F/D, R3F, EMA, SWA, RecAdam) on it and on ``zhang2021``; the 1k cells carry
+  the later stabilisers too (issue #17).
+* ``rte-1k-intermediate`` / ``-freshhead``: RTE from the MNLI_subset checkpoint (trained first, once), with the
+  label-mapped MNLI head and with a fresh head.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
-import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time
@@ -79,6 +83,7 @@ class Cell:
     seeds: int
     training: dict = dataclasses.field(default_factory=dict)
     intermediate: bool = False
+    label_map: bool = True  # intermediate cells: MNLI's head mapped onto RTE's labels (False: a fresh head)
 
 
 def cells(seeds_small: int, seeds_full: int) -> list[Cell]:
@@ -92,6 +97,8 @@ def cells(seeds_small: int, seeds_full: int) -> list[Cell]:
     out.append(Cell("sst2-1k-lr2e-5", "sst2", 1000, PRESETS + [BASE_3EP] + LATER_TECHNIQUES + LATER_ON_ZHANG,
                     seeds_small))
     out.append(Cell("rte-1k-intermediate", "rte", 1000, [INTERMEDIATE], seeds_small, intermediate=True))
+    out.append(Cell("rte-1k-intermediate-freshhead", "rte", 1000, [INTERMEDIATE], seeds_small, intermediate=True,
+                    label_map=False))
     for task in ("rte", "cola"):
         out.append(Cell(f"{task}-full-lr2e-5", task, None, PRESETS, seeds_full))
     return out
@@ -103,53 +110,14 @@ def _config(cell: Cell, model: str, data_dir: str | None, intermediate_dir: Path
     return SweepConfig(
         task=cell.task, model=str(intermediate_dir) if cell.intermediate else model, recipes=cell.recipes,
         seeds=list(range(cell.seeds)), train_size=cell.train_size, protocol="zhang2021", data_dir=data_dir,
-        label_map=LABEL_MAP if cell.intermediate else None,
+        label_map=LABEL_MAP if cell.intermediate and cell.label_map else None,
         training={"per_device_eval_batch_size": 256, **cell.training},
     )
 
 
-def _append_locked(path: Path, record: dict) -> None:
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-        fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _worker(jobs, results, model, data_dir, output, deadline, intermediate_dir):
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from transformers import logging as hf_logging
-
-    from hf_stable_ft.experiment import parse_recipe, prepare_task, run_single
-
-    torch.set_num_threads(1)
-    hf_logging.set_verbosity_error()
-    prepared = {}
-    cell_by_name = {c.name: c for c in cells(1, 1)}
-    while time.time() < deadline:
-        job = jobs.get()
-        if job is None:
-            break
-        cell_name, recipe, seed = job
-        cell = dataclasses.replace(cell_by_name[cell_name])
-        if cell.intermediate:
-            while not (intermediate_dir / "config.json").exists():
-                if time.time() > deadline:
-                    return
-                time.sleep(2)
-        if cell_name not in prepared:
-            prepared[cell_name] = prepare_task(_config(cell, model, data_dir, intermediate_dir))
-        config = _config(cell, model, data_dir, intermediate_dir)
-        with tempfile.TemporaryDirectory() as run_dir:
-            record = run_single(prepared[cell_name], parse_recipe(recipe), seed, run_dir, config.training)
-        _append_locked(output / cell_name / "runs.jsonl", record)
-        results.put((cell_name, record["run_id"], record["status"]))
-
-
-def _stage1(model, data_dir, intermediate_dir, train_size):
+def _stage1(model, data_dir, intermediate_dir: Path, train_size) -> None:
+    """The intermediate-task stage: MNLI_subset fine-tuned once (seed 0), its best checkpoint saved for the cells
+    that start from it."""
     from hf_stable_ft.experiment import SweepConfig, parse_recipe, prepare_task, run_single
 
     config = SweepConfig(task="mnli_subset", model=model, recipes=[INTERMEDIATE], seeds=[0], protocol="glue",
@@ -159,21 +127,41 @@ def _stage1(model, data_dir, intermediate_dir, train_size):
     (intermediate_dir.parent / "intermediate_stage1.json").write_text(json.dumps(record, indent=1))
 
 
+def _backend(options):
+    from hf_stable_ft.sweep_backends import LocalBackend, ProcessBackend, RayBackend
+
+    if options.backend == "ray":
+        return RayBackend(options.address, gpus_per_run=options.gpus_per_run, max_concurrent=options.workers)
+    if options.backend == "processes" and options.workers > 1:
+        return ProcessBackend(options.workers)
+    return LocalBackend()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--output", default="benchmarks/results/stability")
     parser.add_argument("--model", default=None, help="default: the embedded MiniLM")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--backend", default="processes", choices=["local", "processes", "ray"],
+                        help="the sweep backend that runs the cells (hf_stable_ft.sweep_backends; default processes)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (worker processes, or Ray's max in flight)")
+    parser.add_argument("--address", default=None, help="--backend ray: the cluster to join (default: start one here)")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="--backend ray: GPU share per run")
     parser.add_argument("--budget", type=float, default=1e9, help="seconds after which no new run starts")
     parser.add_argument("--seeds", type=int, default=20, help="seeds of the 1k cells")
     parser.add_argument("--seeds-full", type=int, default=5, help="seeds of the full-training-set cells")
+    parser.add_argument("--seed-block", type=int, default=5,
+                        help="seeds per pass over the cells: a time box leaves every cell with about the same seeds")
     parser.add_argument("--intermediate-train-size", type=int, default=None, help="MNLI_subset sample (default: all 9k)")
     parser.add_argument("--cells", default=None, help="comma-separated cell names (default: all)")
     parser.add_argument("--recipes", default=None,
                         help="comma-separated recipe labels to run within the chosen cells (default: all of each cell's)")
     options = parser.parse_args()
-    from hf_stable_ft.experiment import SWEEP_FILE, read_finished_runs, resolve_model
+    if options.workers < 1 or options.seed_block < 1:
+        parser.error("--workers and --seed-block: integers >= 1")
+    from hf_stable_ft.experiment import prepare_task, resolve_model, run_sweep
+    from hf_stable_ft.report import write_report
 
     deadline = time.time() + options.budget
     model = resolve_model(options.model)
@@ -194,46 +182,24 @@ def main() -> None:
                   for c in chosen]
         chosen = [c for c in chosen if c.recipes]
     intermediate_dir = output / "mnli_subset_intermediate"
-    jobs_list = []
-    for cell in chosen:
-        (output / cell.name).mkdir(parents=True, exist_ok=True)
-        config = _config(cell, model, options.data_dir, intermediate_dir)
-        (output / cell.name / SWEEP_FILE).write_text(json.dumps({"config": dataclasses.asdict(config)}, indent=1, default=str))
-        done = read_finished_runs(output / cell.name / "runs.jsonl")
-        for seed in range(cell.seeds):
-            for recipe in cell.recipes:
-                label = recipe.split("=", 1)[0]
-                if f"{label}/seed={seed}" not in done:
-                    # seed-major order: a time-boxed call leaves every recipe with about the same seed count
-                    jobs_list.append((seed, cell.intermediate, cell.name, recipe))
-    jobs_list.sort(key=lambda j: (j[1], j[0]))
-    print(f"{len(jobs_list)} runs to do with {options.workers} workers", flush=True)
-    context = mp.get_context("spawn")
-    stage1 = None
     if any(c.intermediate for c in chosen) and not (intermediate_dir / "config.json").exists():
-        stage1 = context.Process(target=_stage1, args=(model, options.data_dir, intermediate_dir,
-                                                       options.intermediate_train_size), daemon=True)
-        stage1.start()
-    jobs, results = context.Queue(), context.Queue()
-    for seed, _, cell_name, recipe in jobs_list:
-        jobs.put((cell_name, recipe, seed))
-    for _ in range(options.workers):
-        jobs.put(None)
-    workers = [context.Process(target=_worker, args=(jobs, results, model, options.data_dir, output, deadline,
-                                                     intermediate_dir)) for _ in range(options.workers)]
-    for w in workers:
-        w.start()
-    finished = 0
-    while any(w.is_alive() for w in workers):
-        while not results.empty():
-            cell_name, run_id, status = results.get()
-            finished += 1
-            print(f"[{finished}/{len(jobs_list)}] {cell_name} {run_id} {status}", flush=True)
-        time.sleep(1)
-    if stage1 is not None:
-        stage1.join(timeout=1)
-    from hf_stable_ft.report import write_report
-
+        print("intermediate stage: MNLI_subset", flush=True)
+        _stage1(model, options.data_dir, intermediate_dir, options.intermediate_train_size)
+    prepared = {}
+    backend = _backend(options)
+    print(f"{len(chosen)} cell(s) on {backend.describe()}", flush=True)
+    most = max(c.seeds for c in chosen)
+    for end in range(options.seed_block, most + options.seed_block, options.seed_block):
+        for cell in chosen:  # seed block by seed block, then cell by cell; seed-major within a cell
+            if time.time() >= deadline or end - options.seed_block >= cell.seeds:
+                continue
+            config = _config(dataclasses.replace(cell, seeds=min(end, cell.seeds)), model, options.data_dir,
+                             intermediate_dir)
+            if cell.name not in prepared:
+                prepared[cell.name] = prepare_task(config)
+            print(f"{cell.name}: seeds 0-{config.seeds[-1]}", flush=True)
+            run_sweep(config, output / cell.name, resume=True, progress=True, backend=backend, stop_at=deadline,
+                      prepared=prepared[cell.name])
     for cell in chosen:
         if (output / cell.name / "runs.jsonl").exists():
             write_report(output / cell.name, baseline_recipe="devlin2019" if "devlin2019" in [

@@ -174,3 +174,21 @@ def test_a_custom_baseline_is_recorded_and_a_run_that_raises_is_recorded_failed(
     runs = read_finished_runs(path)
     assert runs["stock/seed=0"]["majority_baseline"] == {"validation": 0.5, "test": 0.25}
     assert runs["stock/seed=1"]["status"] == "failed" and "simulated" in runs["stock/seed=1"]["error"]
+
+
+def test_worker_processes_run_a_picklable_factory_and_refuse_a_local_function_before_any_run(prepared, tmp_path):
+    from sweep_fixtures import CliTrainerFactory
+
+    from hf_stable_ft.sweep_backends import ProcessBackend
+
+    kwargs = dict(metric="accuracy", recipes=["stock"], seeds=[0, 1], training=fast_training(4),
+                  evaluations_per_run=2, name="RTE", progress=False)
+    local = read_finished_runs(run_trainer_sweep(CliTrainerFactory(prepared), tmp_path / "local", **kwargs))
+    remote = read_finished_runs(run_trainer_sweep(CliTrainerFactory(prepared), tmp_path / "processes",
+                                                  backend=ProcessBackend(2), **kwargs))
+    for run_id, record in local.items():
+        for key in SCORES:
+            assert remote[run_id].get(key) == record.get(key), (run_id, key)
+    with pytest.raises(TypeError, match="Define make_trainer at module level"):
+        run_trainer_sweep(factory(prepared), tmp_path / "closure", backend=ProcessBackend(2), **kwargs)
+    assert not (tmp_path / "closure" / "runs.jsonl").exists()
