@@ -30,7 +30,9 @@ then one call (``run`` with ``carry: [".whl", ".device_model"]``, ``timeout_s`` 
 
 Check it here first, on CPU, in a few minutes (tiny budgets, one run, the same steps)::
 
-    python benchmarks/gpu_session.py --cpu-check --out /tmp/gpu_check
+    python benchmarks/gpu_session.py --cpu-check --out /tmp/gpu_check --model .device_model --budget 600
+
+(``--model .device_model``: the model name the GPU records were made with, so the resume check passes.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CELLS = ["cola-1k-lr1e-4", "rte-1k-lr1e-4", "cola-1k-lr2e-5", "sst2-1k-lr2e-5", "rte-1k-intermediate",
          "rte-1k-intermediate-freshhead", "rte-1k-lr2e-5", "cola-full-lr2e-5", "rte-full-lr2e-5"]
-#: the share of the budget each step may use at most (the stability cells get what the others leave)
+#: each step's weight in the budget (the stability cells get the rest); a step gets its weight's share of the time
+#: left when it starts, so what one step leaves unused goes to the next
 SHARES = {"sweep": 0.14, "cost": 0.08, "scale": 0.06, "amp": 0.06, "tests": 0.08}
 WHEELS = ["datasets==5.2.0", "dill", "multiprocess"]
 CUDA_TEST_FILES = ["tests/test_mixed_precision_peft.py", "tests/test_mixout.py", "tests/test_diagnostics.py",
@@ -135,32 +138,40 @@ def main() -> None:
     python = sys.executable
     model = ["--model-path", options.model] if options.model else []
     budget = options.budget
-    reserved = sum(SHARES.values()) * budget
+    weights = {"stability": 1 - sum(SHARES.values()), **SHARES}
+
+    def allowance(name: str) -> float:
+        """This step's share of what is left: time a step leaves unused goes to the steps after it."""
+        order = list(weights)
+        left = budget - (time.time() - started)
+        return max(left * weights[name] / sum(weights[n] for n in order[order.index(name):]), 1.0)
+
     _seed_gpu_records(out)
     stability = [python, "benchmarks/stability.py", "--output", str(out / "stability_gpu"), "--backend", "processes",
                  "--seeds", "20", "--seeds-full", "5"]
     stability += ["--model", options.model] if options.model else []
     stability += ["--data-dir", options.glue] if options.glue else []
     if options.cpu_check:
-        stability += ["--cells", "cola-1k-lr1e-4", "--recipes", "devlin2019", "--seeds", "1", "--workers", "2"]
+        # the GPU records of this cell hold seeds 0-4: seed 5 is one real run, resumed into them like the GPU's
+        stability += ["--cells", "cola-1k-lr1e-4", "--recipes", "devlin2019", "--seeds", "6", "--workers", "2"]
     else:
         stability += ["--cells", ",".join(CELLS), "--workers", str(options.workers), "--seed-block", "5"]
-    # no new run after the stability share; the runs in flight finish (the step's own timeout is a backstop)
-    stab_seconds = budget - reserved - (time.time() - started)
-    _step("stability", stability + ["--budget", str(max(stab_seconds - 120, 1))], stab_seconds, out, timings)
+    # no new run in the last 120 s of the step (the longest GPU run, ~77 s, finishes); the timeout is a backstop
+    seconds = allowance("stability")
+    _step("stability", stability + ["--budget", str(max(seconds - 120, 1))], seconds, out, timings)
     packing = ["--backends", "local,processes:2", "--seeds", "1", "--max-steps", "4"] if options.cpu_check else [
         "--backends", "local,processes:4,processes:8", "--seeds", "4", "--max-steps", "100"]
     _step("sweep", [python, "benchmarks/bench_sweep.py", *packing, *(["--model", options.model] if options.model else []),
                     *(["--data-dir", options.glue] if options.glue else []), "--output", str(out / f"sweep_{device}.md")],
-          SHARES["sweep"] * budget, out, timings)
+          allowance("sweep"), out, timings)
     quick = ["--steps", "6", "--skip", "2", "--rounds", "1"] if options.cpu_check else []
     for name, extra in (("cost", []), ("scale", ["--scale"])):
         _step(name, [python, "benchmarks/bench_cost.py", "--device", device, *extra, *model, *quick,
-                     "--output", str(out / f"{name}_{device}.md")], SHARES[name] * budget, out, timings)
+                     "--output", str(out / f"{name}_{device}.md")], allowance(name), out, timings)
     _step("amp", [python, "benchmarks/bench_amp.py", "--device", device, *model, *quick,
-                  "--output", str(out / f"amp_{device}.md")], SHARES["amp"] * budget, out, timings)
+                  "--output", str(out / f"amp_{device}.md")], allowance("amp"), out, timings)
     _step("tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-k",
-                    "cuda", *CUDA_TEST_FILES], budget - (time.time() - started) - 5, out, timings)
+                    "cuda", *CUDA_TEST_FILES], allowance("tests") - 5, out, timings)
     timings["total_s"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     print(json.dumps(timings), flush=True)
