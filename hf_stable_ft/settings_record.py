@@ -49,6 +49,8 @@ def _optimizer_description(args: StableTrainingArguments) -> str:
         extras.append(f"LLRD d={args.layerwise_lr_decay}")
     if args.pretrained_weight_decay > 0:
         extras.append(f"pretrained WD {args.pretrained_weight_decay}")
+        if args.recadam_k > 0:
+            extras.append(f"annealed by RecAdam (k={args.recadam_k}, t0={args.recadam_t0})")
     return f"StableAdamW, {mode}" + (f", {', '.join(extras)}" if extras else "")
 
 

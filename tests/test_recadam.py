@@ -157,3 +157,13 @@ def test_stock_trainer_with_the_factory_applies_it(tmp_path):
 def test_bad_values_are_refused_naming_the_field(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
         tiny_args(tmp_path / "out", **settings)
+
+
+def test_the_settings_record_names_recadams_annealing(tmp_path):
+    from hf_stable_ft.settings_record import _optimizer_description
+
+    args = tiny_args(tmp_path, pretrained_weight_decay=0.01, recadam_k=0.1, recadam_t0=50)
+    assert _optimizer_description(args) == ("StableAdamW, bias-corrected AdamW, pretrained WD 0.01, annealed by "
+                                            "RecAdam (k=0.1, t0=50)")
+    plain = tiny_args(tmp_path, pretrained_weight_decay=0.01)
+    assert "RecAdam" not in _optimizer_description(plain)
