@@ -322,6 +322,21 @@ def test_the_report_lists_the_alarm_of_a_run_that_was_not_aborted(tmp_path):
     assert [a["run_id"] for a in summary["alarms"]] == ["devlin2019/seed=0"]
 
 
+def test_the_report_shows_a_restarted_run_as_restarted_never_as_a_first_try_success(tmp_path):
+    from test_report import make_run
+
+    restarted = make_run("zhang2021", 0, score=0.3, diagnostics=False)
+    restarted["settings"] = {"hf_stable_ft_restarts": {
+        "attempts": [{"attempt": 0, "seed": 0, "degenerate": True}, {"attempt": 1, "seed": 1, "degenerate": False}],
+        "returned_attempt": 1, "restarted": True, "failed_attempts": 1, "healthy": True}}
+    first_try = make_run("zhang2021", 1, score=0.4, diagnostics=False)
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in (restarted, first_try)) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    alarms = _section(md, "## Alarms")
+    assert "| zhang2021/seed=0 |" in alarms and "zhang2021/seed=1" not in alarms
+    assert "restarted after 1 degenerate attempt(s) (seed(s) 0); the model scored is seed 1's" in alarms
+
+
 # ---------------------------------------------------------------- bad input: exit code 2, one line, nothing written
 
 

@@ -182,6 +182,12 @@ def _alarm_text(entry: dict) -> str:
         parts.append(text)
     if entry["nonfinite_loss_step"] is not None:
         parts.append(f"non-finite training loss from step {entry['nonfinite_loss_step']}")
+    restarted = entry.get("restarted")
+    if restarted:  # restart_degenerate_runs: never shown as a first-try success
+        seeds = ", ".join(str(s) for s in restarted.get("failed_seeds") or []) or "?"
+        parts.append(f"restarted after {restarted['failed_attempts']} degenerate attempt(s) (seed(s) {seeds}); the "
+                     f"model scored is seed {restarted.get('returned_seed', '?')}'s"
+                     + ("" if restarted.get("healthy") else ", still degenerate"))
     return "; ".join(parts)
 
 
@@ -297,7 +303,8 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
                      f"{_md(r['abort_reason'] or '–')} |")
         L.append("")
     if summary.alarms:
-        L += ["## Alarms", "", "Every run that raised the degenerate-run alarm or logged a non-finite training loss, "
+        L += ["## Alarms", "", "Every run that raised the degenerate-run alarm, logged a non-finite training loss or was restarted "
+              "(restart_degenerate_runs), "
               "whatever its status (a finished run keeps its score).", "",
               "| run | status | alarm |", "|---|---|---|"]
         for entry in summary.alarms:

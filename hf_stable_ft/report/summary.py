@@ -416,10 +416,18 @@ def _alarm(rec: RunRecord) -> dict | None:
     alarm = diagnostics.get("degenerate_alarm") if isinstance(diagnostics, dict) else None
     alarm = alarm if isinstance(alarm, dict) else None
     nonfinite = _nonfinite_loss_step(rec)
-    if alarm is None and nonfinite is None:
+    restarts = (rec.settings or {}).get("hf_stable_ft_restarts") if isinstance(rec.settings, dict) else None
+    restarted = None
+    if isinstance(restarts, dict) and restarts.get("failed_attempts"):
+        attempts = restarts.get("attempts") or []
+        returned = next((a for a in attempts if a.get("attempt") == restarts.get("returned_attempt")), {})
+        restarted = {"failed_attempts": restarts["failed_attempts"],
+                     "failed_seeds": [a.get("seed") for a in attempts if a.get("degenerate")],
+                     "returned_seed": returned.get("seed"), "healthy": restarts.get("healthy")}
+    if alarm is None and nonfinite is None and restarted is None:
         return None
     return {"run_id": rec.run_id, "recipe": rec.recipe, "seed": rec.seed, "status": rec.status,
-            "degenerate_alarm": alarm, "nonfinite_loss_step": nonfinite}
+            "degenerate_alarm": alarm, "nonfinite_loss_step": nonfinite, "restarted": restarted}
 
 
 def _differing_settings(settings: dict) -> dict:
