@@ -884,7 +884,7 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
     (:class:`SweepDirectoryLocked` if another live sweep holds it).
 
     ``backend`` (:mod:`hf_stable_ft.sweep_backends`) runs the pairs: one after another here (the default,
-    ``LocalBackend()``) or as Ray tasks (``RayBackend(...)``); it is started before the data are loaded (a cluster
+    ``LocalBackend()``), in worker processes (``ProcessBackend(n)``) or as Ray tasks (``RayBackend(...)``); it is started before the data are loaded (a cluster
     that cannot be reached is refused before any run) and only hands records back: this driver writes them all.
 
     ``stop_at`` (a ``time.time()`` value): no run starts after it; the runs in flight finish and are recorded, the
@@ -902,9 +902,9 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
 
 def _until(pairs: list, stop_at: float | None):
     """``pairs`` one at a time, none once ``time.time()`` has passed ``stop_at``."""
-    for pair in pairs:
+    for index, pair in enumerate(pairs):
         if stop_at is not None and time.time() >= stop_at:
-            logger.warning("the sweep's time is up: %d run(s) left for the next call", len(pairs) - pairs.index(pair))
+            logger.warning("the sweep's time is up: %d run(s) left for the next call", len(pairs) - index)
             return
         yield pair
 
