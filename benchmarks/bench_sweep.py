@@ -44,15 +44,15 @@ def _runs(spec: str) -> list[tuple[str, int]]:
 
 
 def _backend(name: str, workers: int):
-    from hf_stable_ft.sweep_backends import LocalBackend, ProcessBackend, RayBackend
+    from hf_stable_ft.sweep_backends import make_backend
 
     if name == "local":
-        return LocalBackend()
+        return make_backend("local")
     if name == "processes":
-        return ProcessBackend(workers)
-    return RayBackend(cpus_per_run=1, max_concurrent=workers,
-                      init_kwargs={"num_cpus": workers, "log_to_driver": False,
-                                   "_temp_dir": tempfile.mkdtemp(prefix="ray", dir="/tmp")})
+        return make_backend("processes", max_concurrent=workers)
+    return make_backend("ray", cpus_per_run=1, max_concurrent=workers,
+                        init_kwargs={"num_cpus": workers, "log_to_driver": False,
+                                     "_temp_dir": tempfile.mkdtemp(prefix="ray", dir="/tmp")})
 
 
 def main() -> None:

@@ -128,13 +128,14 @@ def _stage1(model, data_dir, intermediate_dir: Path, train_size) -> None:
 
 
 def _backend(options):
-    from hf_stable_ft.sweep_backends import LocalBackend, ProcessBackend, RayBackend
+    from hf_stable_ft.sweep_backends import make_backend
 
     if options.backend == "ray":
-        return RayBackend(options.address, gpus_per_run=options.gpus_per_run, max_concurrent=options.workers)
+        return make_backend("ray", address=options.address, gpus_per_run=options.gpus_per_run,
+                            max_concurrent=options.workers)
     if options.backend == "processes" and options.workers > 1:
-        return ProcessBackend(options.workers)
-    return LocalBackend()
+        return make_backend("processes", max_concurrent=options.workers)
+    return make_backend("local")  # one worker: in this process
 
 
 def main() -> None:

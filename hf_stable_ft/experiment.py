@@ -891,9 +891,6 @@ def run_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = 
     rest are left for the next call (a time-boxed study). ``prepared``: this config's :func:`prepare_task` result, to
     reuse across calls (loading is skipped; it must come from the same config).
     """
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
-                         "--overwrite sets them aside; pass one")
     recipes = _validate_recipes(config)
     return execute_sweep(config, output, recipes, prepare=(lambda: prepare_task(config)) if prepared is None else
                          (lambda: prepared), run_fn=run_single, resume=resume, overwrite=overwrite, progress=progress,

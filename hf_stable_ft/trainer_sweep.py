@@ -50,6 +50,7 @@ from .experiment import (
     _is_int,
     _LOWER_IS_BETTER_SWEEP,
     _run_arguments,
+    _training_constant,
     _validate_recipes,
     execute_sweep,
     failed_record,
@@ -220,9 +221,7 @@ def _constant_scores(trainer: Trainer, task: Task, splits: dict[str, Any]) -> tu
     """The metric of the constant predictor (training majority class / mean) on each eval split, by the user's
     ``compute_metrics``, and the training loss of the best constant (:func:`constant_prediction_loss`)."""
     train = _labels(trainer.train_dataset, "train_dataset")
-    if task.is_regression:
-        constant = float(train.astype(np.float64).mean())
-    else:
+    if not task.is_regression:
         classes = train.astype(np.int64)
         if classes.min() < 0 or classes.max() >= task.num_labels:
             raise ValueError(f"train_dataset's labels lie in [{classes.min()}, {classes.max()}] but the model has "
@@ -230,7 +229,7 @@ def _constant_scores(trainer: Trainer, task: Task, splits: dict[str, Any]) -> tu
         if len(np.unique(classes)) < 2:
             raise ValueError(f"train_dataset's labels are all class {classes[0]}: a sweep needs at least 2 classes in "
                              "the training data (every run would be its own majority baseline)")
-        constant = int(np.bincount(classes).argmax())
+    constant = _training_constant(task, train.tolist())  # what a collapsed run predicts, as in the CLI's sweeps
     scores: dict[str, float | None] = {}
     for split, data in splits.items():
         references = _labels(data, f"eval_dataset[{split!r}]")
@@ -274,7 +273,7 @@ def _prepare(make_trainer: Callable, config: TrainerSweepConfig, recipes, majori
         else:
             del trainer
     task = _task_of(first, config.task, config.metric)
-    splits = _eval_datasets(first)
+    splits = first.eval_dataset  # normalised to {"validation": ...[, "test": ...]} by _checked_trainer
     if majority_baseline is None:
         majority, loss = _constant_scores(first, task, splits)
     else:
@@ -356,9 +355,6 @@ def run_trainer_sweep(
     config = TrainerSweepConfig(task=name, metric=metric, recipes=list(recipes), seeds=list(seeds),
                                 training=dict(training or {}), evaluations_per_run=evaluations_per_run,
                                 factory=_factory_name(make_trainer))
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: resume adds runs to the directory's records, "
-                         "overwrite sets them aside; pass one")
     specs = _validate_recipes(config, primary=metric)
 
     def prepare() -> TrainerFactoryTask:
