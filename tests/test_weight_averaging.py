@@ -186,3 +186,24 @@ def test_composes_with_every_switch(tmp_path, mode):
     reference = _ema_reference(snapshots, 0.9) if mode == "ema" else {
         n: sum(s[n].double() for s in snapshots[2:]) / 2 for n in snapshots[0]}
     _assert_params_close(trainer.model, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_an_ema_window_longer_than_half_the_run_is_warned_about_and_kept(tmp_path, caplog):
+    from hf_stable_ft.weight_averaging import ema_window, warn_if_window_too_long
+
+    assert ema_window(0.99) == pytest.approx(100.0) and ema_window(0.5) == pytest.approx(2.0)
+    with caplog.at_level("WARNING", logger="hf_stable_ft"):
+        assert warn_if_window_too_long(0.99, 189)  # the measured collapse: a 100-update window in 189 updates
+        assert not warn_if_window_too_long(0.99, 200)  # exactly half: no warning
+        assert not warn_if_window_too_long(0.999, 5000)
+    assert "ema_decay=0.99 averages over about 100 updates" in caplog.text and "189" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_stable_ft"):
+        trainer = _train(tmp_path, tmp_path / "long", weight_averaging="ema", ema_decay=0.9)  # window 10 > 6 / 2
+    assert "ema_decay=0.9 averages over about 10 updates" in caplog.text and "run's 6" in caplog.text
+    assert trainer.weight_averaging_callback.ema_decay == 0.9  # warned, not changed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_stable_ft"):
+        _train(tmp_path, tmp_path / "short", weight_averaging="ema", ema_decay=0.5)  # window 2 <= 3
+    assert "averages over about" not in caplog.text
