@@ -363,3 +363,29 @@ def test_summary_json_without_runs_to_match_still_loads(tmp_path):
     new = verdict(SweepSummary.from_dict(data))
     assert "devlin2019 run" in new and "≈ N runs" in new
     assert set(data) >= set(old) and all(set(data["recipes"][n]) >= set(e) for n, e in old["recipes"].items())
+
+
+def test_settings_table_shows_what_recipes_changed_not_record_versions(tmp_path):
+    """Records written before a field existed lack it: shown as "–", not as a null that reads like a setting; the
+    nested settings record and the recipe's field list are left out (their content is in the flat fields)."""
+    runs = []
+    for seed in range(2):
+        old = make_run("devlin2019", seed, score=0.4 + 0.01 * seed)
+        old["settings"] = {"learning_rate": 1e-4, "adam_bias_correction": False,
+                           "recipe_fields": {"stability_recipe": "devlin2019"}}
+        runs.append(old)
+        for name, decay in (("ema0.99", 0.99), ("base", 0.999)):
+            new = make_run(name, seed, score=0.5 + 0.01 * seed)
+            new["settings"] = {"learning_rate": 1e-4, "adam_bias_correction": True, "ema_decay": decay,
+                               "child_tuning_p": 0.3, "recipe_fields": {"ema_decay": decay},
+                               "hf_stable_ft": {"settings": {"ema_decay": {"value": decay, "source": "explicit"}}}}
+            runs.append(new)
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    write_report(tmp_path)
+    differ = json.loads((tmp_path / "summary.json").read_text())["settings_that_differ"]
+    assert set(differ) == {"adam_bias_correction", "ema_decay"}  # child_tuning_p: 0.3 wherever it is recorded
+    assert differ["ema_decay"] == {"devlin2019": "not recorded", "ema0.99": 0.99, "base": 0.999}
+    md = (tmp_path / "report.md").read_text()
+    assert "| ema_decay | – | 0.99 | 0.999 |" in md
+    assert "–: not in that recipe's records" in md
+    assert "| recipe_fields |" not in md and "| hf_stable_ft |" not in md

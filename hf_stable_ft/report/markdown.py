@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 
 from .figures import FIGURE_FILES
-from .summary import TABLE_TRIALS, SweepSummary, _digits, _fmt, _num
+from .summary import NOT_RECORDED, TABLE_TRIALS, SweepSummary, _digits, _fmt, _num
 
 __all__ = ["verdict", "render_markdown", "SMALL_N"]
 
@@ -323,9 +323,18 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
         names = list(summary.recipes)
         L += ["## Settings that differ between recipes", "", "| setting | " + " | ".join(map(_md, names)) + " |",
               "|" + "---|" * (len(names) + 1)]
+        missing = False
         for key, vals in diff.items():
-            L.append(f"| {_md(key)} | " + " | ".join(_md(json.dumps(vals.get(n), default=str)) for n in names) + " |")
+            cells = []
+            for n in names:
+                value = vals.get(n, NOT_RECORDED)
+                missing |= value == NOT_RECORDED
+                cells.append("–" if value == NOT_RECORDED else _md(json.dumps(value, default=str)))
+            L.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
         L.append("")
+        if missing:
+            L += ["*–: not in that recipe's records (written by a version before the setting existed). A setting "
+                  "is listed when its recorded values differ.*", ""]
 
     L += ["## All runs", "", f"| run | status | validation{unit} | test{unit} | degenerate | wall time (s) |",
           "|---|---|---|---|---|---|"]

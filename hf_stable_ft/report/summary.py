@@ -430,18 +430,30 @@ def _alarm(rec: RunRecord) -> dict | None:
             "degenerate_alarm": alarm, "nonfinite_loss_step": nonfinite, "restarted": restarted}
 
 
+#: Settings the "differ" table leaves out: per-run values, and the nested records whose content the flat fields
+#: already show (``hf_stable_ft``: the settings record with each field's source; ``recipe_fields``: the recipe's
+#: explicit fields).
+_NOT_COMPARED = {"seed", "output_dir", "run_name", "logging_dir", "data_seed", "hf_stable_ft", "recipe_fields"}
+
+#: How the "differ" table shows a setting a recipe's records do not hold (records written before the field existed).
+NOT_RECORDED = "not recorded"
+
+
 def _differing_settings(settings: dict) -> dict:
-    """{key: {recipe: value}} for settings whose value is not the same in every recipe's first run."""
+    """{key: {recipe: value}} for settings recorded with more than one value across the recipes' first runs.
+
+    A recipe whose records lack the key (written by a version before the field existed) shows
+    :data:`NOT_RECORDED`; it is not counted as a value of its own, since what such a version did is not known from
+    the record."""
     have = {k: v for k, v in settings.items() if v}
     if len(have) < 2:
         return {}
     keys = list(dict.fromkeys(k for s in have.values() for k in s))
-    ignore = {"seed", "output_dir", "run_name", "logging_dir", "data_seed"}
     out = {}
     for key in keys:
-        if key in ignore:
+        if key in _NOT_COMPARED:
             continue
-        vals = {name: s.get(key) for name, s in have.items()}
-        if len({json.dumps(v, sort_keys=True, default=str) for v in vals.values()}) > 1:
-            out[key] = vals
+        recorded = {name: s[key] for name, s in have.items() if key in s}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in recorded.values()}) > 1:
+            out[key] = {name: recorded.get(name, NOT_RECORDED) for name in have}
     return out
