@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import sys
+import shlex
 import shutil
 import tempfile
 import time
@@ -58,7 +59,7 @@ from .settings_record import SETTINGS_KEY
 from .data import DataSpec, get_task_info, load_task
 from .metrics import compute_metrics_for, constant_baseline, constant_prediction_loss
 from .tasks import Task
-from .records import RUNS_FILE, RunRecord, append_record, latest_by_run_id, read_records
+from .records import RUNS_FILE, SWEEP_FILE, RunRecord, append_record, latest_by_run_id, read_records, run_environment
 from .records import json_safe as _json_safe
 from .trainer import StableTrainer
 
@@ -77,7 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"
 
 
@@ -506,6 +506,7 @@ def train_and_record(trainer: Trainer, recipe: RecipeSpec, seed: int, prepared: 
         global_step=trainer.state.global_step,
         wall_time_s=round(wall, 2),
         device=_device_name(args),
+        environment=run_environment(),
         error=error,
         **_summarize_history(history, prepared.majority, eval_splits),
         extra=_task_facts(info),
@@ -802,12 +803,13 @@ def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: 
 
 
 def _write_sweep_file(output: Path, config: SweepConfig, previous: dict | None) -> None:
-    """``sweep.json``: the current config on top, every config the directory was swept with in ``history``."""
+    """``sweep.json``: the current config on top, every config the directory was swept with in ``history`` (each
+    with the time it started and the command line of the process that ran it)."""
     entry = {"identity": _json_safe(config.identity()), "config": _json_safe(dataclasses.asdict(config))}
     history = list((previous or {}).get("history") or ([] if previous is None else [
         {k: previous[k] for k in ("identity", "config") if k in previous}]))
     if not history or history[-1].get("config") != entry["config"]:
-        history.append({**entry, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        history.append({**entry, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": shlex.join(sys.argv)})
     tmp = output / (SWEEP_FILE + ".partial")
     tmp.write_text(json.dumps({**entry, "history": history}, indent=2, sort_keys=True))
     os.replace(tmp, output / SWEEP_FILE)
@@ -868,7 +870,7 @@ def failed_record(prepared: Any, recipe: Any, seed: int, error: str, *, device: 
         primary_metric=info.primary_metric,
         majority_baseline={split: prepared.majority.get(split) for split in eval_splits},
         constant_prediction_loss=prepared.constant_loss, settings={"recipe_fields": recipe.fields()},
-        error=error, device=device, wall_time_s=wall_time_s, extra=extra,
+        error=error, device=device, wall_time_s=wall_time_s, environment=run_environment(), extra=extra,
     ).to_dict()
 
 

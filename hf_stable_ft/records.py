@@ -27,13 +27,17 @@ import numpy as np
 
 from .stats import degenerate_record
 
-__all__ = ["RUNS_FILE", "RunRecord", "CorruptPolicy", "read_records", "latest_by_run_id", "append_record",
-           "json_safe"]
+__all__ = ["RUNS_FILE", "SWEEP_FILE", "RunRecord", "CorruptPolicy", "read_records", "latest_by_run_id", "append_record",
+           "json_safe", "run_environment", "ENVIRONMENT_PACKAGES"]
 
 logger = logging.getLogger(__name__)
 
 #: The file of a sweep directory that holds its run records, one JSON object per line.
 RUNS_FILE = "runs.jsonl"
+
+#: The file of a sweep directory that holds its config and the history of the sweeps run into it
+#: (written by :mod:`hf_stable_ft.experiment`, read by the report for its provenance).
+SWEEP_FILE = "sweep.json"
 
 #: What :func:`read_records` does with a line that is not a run record.
 CorruptPolicy = Literal["raise", "skip", "truncate_torn_tail"]
@@ -62,7 +66,26 @@ def json_safe(value: Any) -> Any:
 
 # Written only when set: a run without a finite evaluation has no best step, and a record that no sweep wrote (a
 # transfer's stage 1, ``intermediate.json``) carries no sweep settings.
-_OMITTED_WHEN_NONE = ("best_step", "sweep_settings")
+_OMITTED_WHEN_NONE = ("best_step", "sweep_settings", "environment")
+
+#: The packages whose versions a record keeps (``environment``), in the order a report lists them.
+ENVIRONMENT_PACKAGES = ("hf_stable_ft", "torch", "transformers", "python")
+
+
+def run_environment() -> dict[str, str]:
+    """When and with what a run was trained: ``{"finished_at": "<UTC, ISO 8601>", "hf_stable_ft", "torch",
+    "transformers", "python"}`` (versions as the packages report them, e.g. ``"2.13.0+cpu"``)."""
+    import datetime
+    import platform
+
+    import torch
+    import transformers
+
+    from .version import __version__
+
+    return {"finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "hf_stable_ft": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
 
 
 @dataclasses.dataclass
@@ -121,6 +144,9 @@ class RunRecord:
     #: :func:`hf_stable_ft.stats.degenerate_record` of this record (None for a failed run); set when the record is
     #: built, or read without a boolean flag.
     degenerate: bool | None = None
+    #: :func:`run_environment` when the record was made: the UTC time and the versions of hf_stable_ft, torch,
+    #: transformers and Python (absent from records written before it existed).
+    environment: dict[str, str] | None = None
     #: What the sweep trained the run with: ``{"shared": …, "recipe": {"label", "preset", "overrides"}}``; a
     #: resumed sweep refuses a recipe label whose recorded settings differ.
     sweep_settings: dict[str, Any] | None = None

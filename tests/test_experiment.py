@@ -77,6 +77,45 @@ def test_sweep_records_resumes_and_reports(tiny, tmp_path):
     assert (out / "report.md").exists() and (out / "boxplot.png").exists()
 
 
+def test_records_and_report_name_date_versions_and_command(tiny, tmp_path):
+    """Each record keeps when and with what it was trained; sweep.json the process's command line; the report
+    prints both, and says how many older records lack them."""
+    import shlex
+    import sys
+
+    import torch
+    import transformers
+
+    from hf_stable_ft import __version__
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--recipes",
+            "devlin2019,stock", "--seeds", "1", "--evaluations", "1", "--output", str(out), *FAST]
+    assert main(argv) == 0
+    runs = read_finished_runs(out / "runs.jsonl")
+    env = runs["stock/seed=0"]["environment"]
+    assert env["torch"] == torch.__version__ and env["transformers"] == transformers.__version__
+    assert env["hf_stable_ft"] == __version__ and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["finished_at"])
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["history"][-1]["command"] == shlex.join(sys.argv)
+    # a record written before records kept an environment
+    old = dict(runs["devlin2019/seed=0"], run_id="devlin2019/seed=7", seed=7)
+    del old["environment"]
+    with open(out / "runs.jsonl", "a") as f:
+        f.write(json.dumps(old) + "\n")
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    day = env["finished_at"][:10]
+    line = (f"{runs['stock/seed=0']['device']} · {day} · hf_stable_ft {__version__} · torch {torch.__version__} · "
+            f"transformers {transformers.__version__}")
+    assert line in md
+    assert "date and versions not recorded for 1 of 3 runs" in md
+    assert f"`{shlex.join(sys.argv)}`" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["versions"]["torch"] == {torch.__version__: 2}
+    assert summary["provenance"]["not_recorded"] == 1
+
+
 def test_a_different_sweep_in_the_same_directory_is_refused(tiny, tmp_path, capsys):
     out = tmp_path / "sweep"
     base = ["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--seeds", "1",

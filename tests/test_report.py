@@ -389,3 +389,35 @@ def test_settings_table_shows_what_recipes_changed_not_record_versions(tmp_path)
     assert "| ema_decay | – | 0.99 | 0.999 |" in md
     assert "–: not in that recipe's records" in md
     assert "| recipe_fields |" not in md and "| hf_stable_ft |" not in md
+
+
+def test_each_figure_carries_the_provenance_line(tmp_path):
+    """A PNG copied out of the report still names where and with what its runs were trained: the line is drawn
+    under the plot, which makes the image taller than the same plot without it."""
+    import struct
+
+    from hf_stable_ft.report.figures import _plot_boxplot
+    from hf_stable_ft.report.summary import load_summary, provenance_line
+
+    make_sweep(tmp_path, corrupt=False)
+    lines = []
+    for line in (tmp_path / "runs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record["device"] = "cpu (x86_64, 2 cores)"
+        record["environment"] = {"finished_at": "2026-12-02T05:00:00Z", "hf_stable_ft": "0.1.0", "torch": "2.13.0",
+                                 "transformers": "5.24.0", "python": "3.11.9"}
+        lines.append(json.dumps(record))
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    write_report(tmp_path)
+    summary = load_summary(tmp_path)
+    line = provenance_line(summary.provenance)
+    assert line == ("cpu (x86_64, 2 cores) · 2026-12-02 · hf_stable_ft 0.1.0 · torch 2.13.0 · transformers 5.24.0 · "
+                    "python 3.11.9")
+    assert f"*Runs of every figure: {line}" in (tmp_path / "report.md").read_text()
+
+    def png_size(path):
+        width, height = struct.unpack(">II", path.read_bytes()[16:24])
+        return width, height
+
+    _plot_boxplot(summary, tmp_path / "plain.png")  # the same figure without the line
+    assert png_size(tmp_path / FIGURE_FILES["boxplot"])[1] > png_size(tmp_path / "plain.png")[1]

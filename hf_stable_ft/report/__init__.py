@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..records import RUNS_FILE, read_records
+from ..records import RUNS_FILE, SWEEP_FILE, read_records
 from .figures import FIGURE_FILES, make_figures
 from .markdown import render_markdown, verdict
 from .summary import (
@@ -59,7 +59,19 @@ def write_report(run_dir, baseline_recipe: str | None = None, figures: bool = Tr
         (out / fname).unlink(missing_ok=True)
     made, skipped = make_figures(summary, records, out) if figures else ({}, {})
     summary.figures = made
+    if summary.provenance is not None:
+        summary.provenance["sweeps"] = _sweeps_started(out)
     (out / SUMMARY_FILE).write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
     path = out / "report.md"
     path.write_text(render_markdown(summary, made, skipped), encoding="utf-8")
     return path
+
+
+def _sweeps_started(out: Path) -> list[dict]:
+    """``[{"started", "command"}]`` of each sweep the directory's ``sweep.json`` records (``command``: None for a
+    sweep started before sweep.json kept it); ``[]`` without a readable sweep.json."""
+    try:
+        history = json.loads((out / SWEEP_FILE).read_text(encoding="utf-8")).get("history") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [{"started": h.get("started"), "command": h.get("command")} for h in history if isinstance(h, dict)]

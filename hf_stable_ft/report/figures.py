@@ -16,6 +16,7 @@ top in the order :func:`hf_stable_ft.diagnostics.group_order` gives.
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..diagnostics.groups import group_order
 from ..records import RunRecord
-from .summary import SweepSummary, _digits, _fmt, _num
+from .summary import SweepSummary, _digits, _fmt, _num, provenance_line
 
 __all__ = ["FIGURE_FILES", "make_figures"]
 
@@ -61,6 +62,16 @@ def _new_figure(width: float, height: float, ncols: int = 1, sharey: bool = Fals
     return fig, axes
 
 
+def _save(fig, path: Path, footer: str) -> None:
+    """Save ``fig``; ``footer`` (where and with what the runs were trained) goes under it in small grey type, so a
+    figure copied out of the report still names its regime."""
+    if footer:
+        fig.text(0.0, 0.0, "\n".join(textwrap.wrap(footer, 160)), ha="left", va="top", fontsize=6.5, color="0.35")
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.08)
+    else:
+        fig.savefig(path, dpi=DPI)
+
+
 def _colors(n: int):
     from matplotlib import colormaps
 
@@ -75,7 +86,7 @@ def _ylabel(summary: SweepSummary, split: str | None = None) -> str:
     return f"{summary.metric} ({split}" + (f", ×{scale:g})" if scale != 1 else ")")
 
 
-def _plot_boxplot(summary: SweepSummary, path: Path):
+def _plot_boxplot(summary: SweepSummary, path: Path, footer: str = ""):
     from matplotlib.lines import Line2D
 
     scale, split = summary.display_scale, summary.split
@@ -106,10 +117,10 @@ def _plot_boxplot(summary: SweepSummary, path: Path):
     ax.set_title(f"{summary.task or 'sweep'}: {summary.metric} over seeds, per recipe")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.8)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path, footer)
 
 
-def _plot_train_loss(records: list[RunRecord], recipes: list[str], path: Path) -> bool:
+def _plot_train_loss(records: list[RunRecord], recipes: list[str], path: Path, footer: str = "") -> bool:
     fig, (ax,) = _new_figure(7.0, 4.4)
     drawn = False
     for color, name in zip(_colors(len(recipes)), recipes):
@@ -137,11 +148,11 @@ def _plot_train_loss(records: list[RunRecord], recipes: list[str], path: Path) -
     ax.set_title("Training loss over seeds (line: mean, band: min–max)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path, footer)
     return True
 
 
-def _plot_expected(summary: SweepSummary, path: Path):
+def _plot_expected(summary: SweepSummary, path: Path, footer: str = ""):
     scale = summary.display_scale
     test = summary.split == "test"
     fig, (ax,) = _new_figure(7.0, 4.4)
@@ -171,7 +182,7 @@ def _plot_expected(summary: SweepSummary, path: Path):
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path, footer)
 
 
 def _diag(rec: RunRecord, key: str) -> dict:
@@ -196,7 +207,7 @@ def _depth_colorbar(fig, axes, groups: list[str]):
     return [cmap(i) for i in range(len(groups))]
 
 
-def _plot_grad_norms(summary: SweepSummary, records: list[RunRecord], path: Path):
+def _plot_grad_norms(summary: SweepSummary, records: list[RunRecord], path: Path, footer: str = ""):
     """Worst and best counted run that has gradient-norm diagnostics; None if there is none."""
     split, scale = summary.split, summary.display_scale
     by_id = {r.run_id: r for r in records}
@@ -227,11 +238,11 @@ def _plot_grad_norms(summary: SweepSummary, records: list[RunRecord], path: Path
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("gradient L2 norm (log)")
     fig.suptitle("Per-layer gradient norms, worst vs best run (cf. Mosbach et al. 2021, Fig. 4)", fontsize=10)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path, footer)
     return [row["run_id"] for _, (row, _) in picks]
 
 
-def _plot_l2(summary: SweepSummary, records: list[RunRecord], path: Path) -> bool:
+def _plot_l2(summary: SweepSummary, records: list[RunRecord], path: Path, footer: str = "") -> bool:
     by_id = {r.run_id: r for r in records}
     per_recipe = {}
     for name, e in summary.recipes.items():
@@ -267,7 +278,7 @@ def _plot_l2(summary: SweepSummary, records: list[RunRecord], path: Path) -> boo
     ax.set_title("Distance from initialisation at the end of training (cf. Zhang et al. 2021, Fig. 7)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path, footer)
     return True
 
 
@@ -275,23 +286,24 @@ def make_figures(summary: SweepSummary, records: list[RunRecord], out: Path) -> 
     """Draw the figures of ``summary`` into ``out``; return ``({key: file} drawn, {key: why} skipped)`` and record
     the runs of the gradient-norm figure in ``summary.grad_norm_runs``."""
     made, skipped = {}, {}
-    _plot_boxplot(summary, out / FIGURE_FILES["boxplot"])
+    footer = provenance_line(summary.provenance)
+    _plot_boxplot(summary, out / FIGURE_FILES["boxplot"], footer)
     made["boxplot"] = FIGURE_FILES["boxplot"]
     counted_ids = {r["run_id"] for e in summary.recipes.values() for r in e.runs}
     counted = [r for r in records if r.run_id in counted_ids]
-    if _plot_train_loss(counted, list(summary.recipes), out / FIGURE_FILES["train_loss"]):
+    if _plot_train_loss(counted, list(summary.recipes), out / FIGURE_FILES["train_loss"], footer):
         made["train_loss"] = FIGURE_FILES["train_loss"]
     else:
         skipped["train_loss"] = "no run recorded a training loss"
-    _plot_expected(summary, out / FIGURE_FILES["expected_performance"])
+    _plot_expected(summary, out / FIGURE_FILES["expected_performance"], footer)
     made["expected_performance"] = FIGURE_FILES["expected_performance"]
-    picked = _plot_grad_norms(summary, counted, out / FIGURE_FILES["grad_norms"])
+    picked = _plot_grad_norms(summary, counted, out / FIGURE_FILES["grad_norms"], footer)
     if picked:
         made["grad_norms"] = FIGURE_FILES["grad_norms"]
         summary.grad_norm_runs = picked
     else:
         skipped["grad_norms"] = "no run has gradient-norm diagnostics (diagnostics were off)"
-    if _plot_l2(summary, counted, out / FIGURE_FILES["l2_from_init"]):
+    if _plot_l2(summary, counted, out / FIGURE_FILES["l2_from_init"], footer):
         made["l2_from_init"] = FIGURE_FILES["l2_from_init"]
     else:
         skipped["l2_from_init"] = "no run has L2-from-init diagnostics (diagnostics were off)"

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 
 from .figures import FIGURE_FILES
-from .summary import NOT_RECORDED, TABLE_TRIALS, SweepSummary, _digits, _fmt, _num
+from .summary import NOT_RECORDED, TABLE_TRIALS, SweepSummary, _digits, _fmt, _num, provenance_line
 
 __all__ = ["verdict", "render_markdown", "SMALL_N"]
 
@@ -276,8 +276,22 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
           "the validation baseline (Mosbach et al. 2021's threshold, on the checkpoint Zhang et al. 2021's protocol "
           "keeps), or when it was aborted.", ""]
 
+    prov = summary.provenance
+    if prov:
+        L += ["## Provenance", "", f"Where and with what the runs were trained: {provenance_line(prov)}.", ""]
+        sweeps = prov.get("sweeps") or []
+        if sweeps:
+            L += ["Sweeps run into this directory (`sweep.json`), oldest first:", ""]
+            L += [f"- {_md(s.get('started') or 'start not recorded')}: "
+                  + (f"`{s['command']}`" if s.get("command") else "command not recorded (an older sweep.json)")
+                  for s in sweeps]
+            L.append("")
+
     if figures or skipped:
         L += ["## Figures", ""]
+        if prov:
+            L += [f"*Runs of every figure: {_md(provenance_line(prov))} (the same line is printed under each "
+                  "PNG).*", ""]
         captions = {
             "boxplot": "Scores per recipe; each dot is one seed (× = aborted, red = degenerate); dashed line: "
                        "majority-class baseline.",

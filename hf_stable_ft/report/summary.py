@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..records import RunRecord, json_safe, latest_by_run_id, read_records
+from ..records import ENVIRONMENT_PACKAGES, RunRecord, json_safe, latest_by_run_id, read_records
 from ..stats import _finite as _num  # float(x) for a finite number, else None
 from ..stats import (
     bootstrap_expected_test,
@@ -240,6 +240,10 @@ class SweepSummary:
     #: How the runs-to-match numbers were computed: ``{"baselines": [...], "max_runs", "n_bootstrap", "seed",
     #: "confidence", "selection"}`` (None in a summary written before they existed).
     runs_to_match_settings: dict | None = None
+    #: Where and with what the runs were trained (:func:`provenance`): ``{"n_runs", "devices": {device: runs},
+    #: "first", "last" (UTC dates), "versions": {package: {version: runs}}, "not_recorded"}``, and from the
+    #: directory's ``sweep.json`` ``"sweeps": [{"started", "command"}]`` (None in a summary written before it).
+    provenance: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -373,6 +377,7 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
         not_counted=[{k: getattr(r, k) for k in ("run_id", "recipe", "seed", "status", "error")} for r in not_counted],
         alarms=[a for a in (_alarm(r) for r in records) if a is not None],
         settings_that_differ=_differing_settings(settings),
+        provenance=provenance(records),
         n_bootstrap=n_bootstrap, bootstrap_seed=seed, std_ddof=1, levene_center="median", notes=notes,
         runs_to_match_settings={
             "baselines": match_baselines, "max_runs": MATCH_MAX_RUNS, "n_bootstrap": n_bootstrap, "seed": seed,
@@ -428,6 +433,44 @@ def _alarm(rec: RunRecord) -> dict | None:
         return None
     return {"run_id": rec.run_id, "recipe": rec.recipe, "seed": rec.seed, "status": rec.status,
             "degenerate_alarm": alarm, "nonfinite_loss_step": nonfinite, "restarted": restarted}
+
+
+def provenance(records: Iterable[RunRecord]) -> dict[str, Any]:
+    """Where and with what ``records`` were trained: the devices (runs per device), the first and last UTC date
+    of the runs whose record has an ``environment``, the versions of :data:`~hf_stable_ft.records.ENVIRONMENT_PACKAGES`
+    (runs per version) and how many records have no ``environment`` (written before records kept one)."""
+    records = list(records)
+    envs = [r.environment for r in records if isinstance(r.environment, Mapping)]
+    dates = sorted(str(e["finished_at"])[:10] for e in envs if e.get("finished_at"))
+    versions = {}
+    for package in ENVIRONMENT_PACKAGES:
+        counts = Counter(str(e[package]) for e in envs if e.get(package) is not None)
+        if counts:
+            versions[package] = dict(sorted(counts.items()))
+    return {"n_runs": len(records), "devices": dict(Counter(r.device or "not recorded" for r in records)),
+            "first": dates[0] if dates else None, "last": dates[-1] if dates else None, "versions": versions,
+            "not_recorded": len(records) - len(envs)}
+
+
+def provenance_line(p: Mapping[str, Any] | None) -> str:
+    """:func:`provenance` in one line: devices, UTC dates, versions and what was not recorded ("" for None)."""
+    if not p:
+        return ""
+
+    def runs(n):
+        return f"{n} run{'s' if n != 1 else ''}"
+
+    devices = p.get("devices") or {}
+    parts = ["; ".join(f"{d} ({runs(n)})" if len(devices) > 1 else d for d, n in devices.items())]
+    if p.get("first"):
+        parts.append(p["first"] if p["first"] == p["last"] else f"{p['first']} to {p['last']}")
+    for package, counts in (p.get("versions") or {}).items():
+        parts.append(f"{package} " + (", ".join(f"{v} ({runs(n)})" for v, n in counts.items()) if len(counts) > 1
+                                      else next(iter(counts))))
+    if p.get("not_recorded"):
+        parts.append(f"date and versions not recorded for {p['not_recorded']} of {runs(p['n_runs'])} (records "
+                     "written before they kept them)")
+    return " · ".join(x for x in parts if x)
 
 
 #: Settings the "differ" table leaves out: per-run values, and the nested records whose content the flat fields
