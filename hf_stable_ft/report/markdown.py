@@ -290,8 +290,7 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
     if figures or skipped:
         L += ["## Figures", ""]
         if prov:
-            L += [f"*Runs of every figure: {_md(provenance_line(prov))} (the same line is printed under each "
-                  "PNG).*", ""]
+            L += [f"*Runs of every figure: {_md(provenance_line(prov))} (the same line is under each PNG).*", ""]
         captions = {
             "boxplot": "Scores per recipe; each dot is one seed (× = aborted, red = degenerate); dashed line: "
                        "majority-class baseline.",
