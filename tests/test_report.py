@@ -366,8 +366,9 @@ def test_summary_json_without_runs_to_match_still_loads(tmp_path):
 
 
 def test_settings_table_shows_what_recipes_changed_not_record_versions(tmp_path):
-    """Records written before a field existed lack it: shown as "–", not as a null that reads like a setting; the
-    nested settings record and the recipe's field list are left out (their content is in the flat fields)."""
+    """Records without a field (a stock Trainer run, or written before the field existed) show "–", not a null
+    that reads like a setting; the nested settings record and the recipe's field list are left out (their content
+    is in the flat fields)."""
     runs = []
     for seed in range(2):
         old = make_run("devlin2019", seed, score=0.4 + 0.01 * seed)
@@ -387,7 +388,7 @@ def test_settings_table_shows_what_recipes_changed_not_record_versions(tmp_path)
     assert differ["ema_decay"] == {"devlin2019": "not recorded", "ema0.99": 0.99, "base": 0.999}
     md = (tmp_path / "report.md").read_text()
     assert "| ema_decay | – | 0.99 | 0.999 |" in md
-    assert "–: not in that recipe's records" in md
+    assert "–: not in that recipe's records: a stock `Trainer` run" in md
     assert "| recipe_fields |" not in md and "| hf_stable_ft |" not in md
 
 

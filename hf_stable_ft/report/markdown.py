@@ -346,8 +346,9 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
             L.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
         L.append("")
         if missing:
-            L += ["*–: not in that recipe's records (written by a version before the setting existed). A setting "
-                  "is listed when its recorded values differ.*", ""]
+            L += ["*–: not in that recipe's records: a stock `Trainer` run's `TrainingArguments` have no hf_stable_ft "
+                  "fields, and records written before a field existed lack it. A setting is listed when its recorded "
+                  "values differ.*", ""]
 
     L += ["## All runs", "", f"| run | status | validation{unit} | test{unit} | degenerate | wall time (s) |",
           "|---|---|---|---|---|---|"]

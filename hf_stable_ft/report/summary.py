@@ -478,16 +478,16 @@ def provenance_line(p: Mapping[str, Any] | None) -> str:
 #: explicit fields).
 _NOT_COMPARED = {"seed", "output_dir", "run_name", "logging_dir", "data_seed", "hf_stable_ft", "recipe_fields"}
 
-#: How the "differ" table shows a setting a recipe's records do not hold (records written before the field existed).
+#: How the "differ" table shows a setting a recipe's records do not hold (a stock ``TrainingArguments`` run has no
+#: hf_stable_ft fields; records written before a field existed lack it).
 NOT_RECORDED = "not recorded"
 
 
 def _differing_settings(settings: dict) -> dict:
     """{key: {recipe: value}} for settings recorded with more than one value across the recipes' first runs.
 
-    A recipe whose records lack the key (written by a version before the field existed) shows
-    :data:`NOT_RECORDED`; it is not counted as a value of its own, since what such a version did is not known from
-    the record."""
+    A recipe whose records lack the key (a stock ``Trainer`` run, or records written before the field existed)
+    shows :data:`NOT_RECORDED`; it is not counted as a value of its own, since the record does not say it."""
     have = {k: v for k, v in settings.items() if v}
     if len(have) < 2:
         return {}
