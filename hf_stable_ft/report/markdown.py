@@ -6,7 +6,15 @@ import json
 from collections.abc import Mapping
 
 from .figures import FIGURE_FILES
-from .summary import NOT_RECORDED, TABLE_TRIALS, SweepSummary, _digits, _fmt, _num, provenance_line
+from .summary import (
+    NOT_RECORDED,
+    TABLE_TRIALS,
+    SweepSummary,
+    _digits,
+    _fmt,
+    _num,
+    provenance_line,
+)
 
 __all__ = ["verdict", "render_markdown", "SMALL_N"]
 
@@ -346,9 +354,9 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
             L.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
         L.append("")
         if missing:
-            L += ["*–: not in that recipe's records: a stock `Trainer` run's `TrainingArguments` have no hf_stable_ft "
-                  "fields, and records written before a field existed lack it. A setting is listed when its recorded "
-                  "values differ.*", ""]
+            L += [("*–: not in that recipe's records: a stock `Trainer` run's `TrainingArguments` have no "
+                   "hf_stable_ft fields, and records written before a field existed lack it. A setting is listed when "
+                   "its recorded values differ.*"), ""]
 
     L += ["## All runs", "", f"| run | status | validation{unit} | test{unit} | degenerate | wall time (s) |",
           "|---|---|---|---|---|---|"]

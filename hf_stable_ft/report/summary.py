@@ -42,7 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from ..records import ENVIRONMENT_PACKAGES, RunRecord, json_safe, latest_by_run_id, read_records
+from ..records import (
+    ENVIRONMENT_PACKAGES,
+    RunRecord,
+    json_safe,
+    latest_by_run_id,
+    read_records,
+)
 from ..stats import _finite as _num  # float(x) for a finite number, else None
 from ..stats import (
     bootstrap_expected_test,
