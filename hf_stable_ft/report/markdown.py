@@ -285,8 +285,9 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
           "keeps), or when it was aborted.", ""]
 
     prov = summary.provenance
+    where = _md(provenance_line(prov))
     if prov:
-        L += ["## Provenance", "", f"Where and with what the runs were trained: {provenance_line(prov)}.", ""]
+        L += ["## Provenance", "", f"Where and with what the runs were trained: {where}.", ""]
         sweeps = prov.get("sweeps") or []
         if sweeps:
             L += ["Sweeps run into this directory (`sweep.json`), oldest first:", ""]
@@ -298,7 +299,7 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
     if figures or skipped:
         L += ["## Figures", ""]
         if prov:
-            L += [f"*Runs of every figure: {_md(provenance_line(prov))} (the same line is under each PNG).*", ""]
+            L += [f"*Runs of every figure: {where} (the same line is under each PNG).*", ""]
         captions = {
             "boxplot": "Scores per recipe; each dot is one seed (× = aborted, red = degenerate); dashed line: "
                        "majority-class baseline.",
