@@ -12,12 +12,12 @@ is assembled from those files only, so every number in it comes from a file a co
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from records_archive import archive_records
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -40,9 +40,7 @@ def run(names: list[str], device: str) -> None:
         print(f"$ {command}", flush=True)
         subprocess.run(command, shell=True, cwd=ROOT, check=True)
     for runs in RESULTS.glob("stability_*/*/runs.jsonl"):
-        with open(runs, "rb") as source, gzip.open(runs.with_suffix(".jsonl.gz"), "wb") as target:
-            shutil.copyfileobj(source, target)
-        runs.unlink()
+        archive_records(runs.parent)  # refuses to replace a committed archive with fewer records
 
 
 def _read(name: str) -> str | None:

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from records_archive import restore_records
+
 BASE_3EP = "debiased3ep=devlin2019:adam_bias_correction=true"
 SINGLE_TECHNIQUES = [
     BASE_3EP,
@@ -102,6 +104,14 @@ def cells(seeds_small: int, seeds_full: int) -> list[Cell]:
     for task in ("rte", "cola"):
         out.append(Cell(f"{task}-full-lr2e-5", task, None, PRESETS, seeds_full))
     return out
+
+
+def restore_cells(output: Path, chosen: list[Cell]) -> dict[str, int]:
+    """Put each chosen cell's committed ``runs.jsonl.gz`` back as ``runs.jsonl`` before anything runs, so a fresh
+    clone resumes the committed records instead of re-running them; refuses (ValueError) a cell whose
+    ``runs.jsonl`` lacks archived records. Returns the number of records restored per cell (where any were)."""
+    restored = {cell.name: restore_records(output / cell.name) for cell in chosen if (output / cell.name).is_dir()}
+    return {name: count for name, count in restored.items() if count}
 
 
 def _config(cell: Cell, model: str, data_dir: str | None, intermediate_dir: Path | None):
@@ -182,6 +192,8 @@ def main() -> None:
         chosen = [dataclasses.replace(c, recipes=[r for r in c.recipes if r.split("=", 1)[0] in wanted])
                   for c in chosen]
         chosen = [c for c in chosen if c.recipes]
+    for name, count in restore_cells(output, chosen).items():
+        print(f"{name}: {count} committed record(s) restored from runs.jsonl.gz", flush=True)
     intermediate_dir = output / "mnli_subset_intermediate"
     if any(c.intermediate for c in chosen) and not (intermediate_dir / "config.json").exists():
         print("intermediate stage: MNLI_subset", flush=True)

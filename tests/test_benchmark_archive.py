@@ -1,0 +1,113 @@
+"""The benchmark cells' committed record archives (benchmarks/records_archive.py).
+
+A stability cell is committed with its records as ``runs.jsonl.gz`` (``runs.jsonl`` is git-ignored). Reported
+defect: on a fresh clone, ``benchmarks/stability.py`` resumed a committed cell from an empty ``runs.jsonl`` — it
+re-ran every seed, wrote a report of the new runs only, and ``run_all.py`` then replaced the archive with that
+smaller file: the committed runs were lost.
+"""
+
+import gzip
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_stable_ft.records import read_records
+
+from test_records import sweep_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """A benchmark script as a module, with benchmarks/ on sys.path as when it runs as a script."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+archive = _load("records_archive")
+
+
+def _lines(*seeds: int) -> bytes:
+    return b"".join(json.dumps(sweep_record(run_id=f"reinit2/seed={s}", seed=s)).encode() + b"\n" for s in seeds)
+
+
+def _cell(tmp_path: Path, gz: bytes | None = None, plain: bytes | None = None) -> Path:
+    cell = tmp_path / "cola-1k-lr1e-4"
+    cell.mkdir()
+    if gz is not None:
+        (cell / "runs.jsonl.gz").write_bytes(gzip.compress(gz))
+    if plain is not None:
+        (cell / "runs.jsonl").write_bytes(plain)
+    return cell
+
+
+def test_restore_brings_back_the_committed_records_before_a_resume(tmp_path):
+    cell = _cell(tmp_path, gz=_lines(0, 1, 2))
+    assert archive.restore_records(cell) == 3
+    assert [r.run_id for r in read_records(cell)] == ["reinit2/seed=0", "reinit2/seed=1", "reinit2/seed=2"]
+    assert (cell / "runs.jsonl.gz").exists()  # the archive stays until it is rewritten from a superset
+
+
+def test_restore_keeps_a_runs_file_that_holds_the_archive_and_more(tmp_path):
+    cell = _cell(tmp_path, gz=_lines(0, 1), plain=_lines(0, 1, 2))
+    assert archive.restore_records(cell) == 0
+    assert (cell / "runs.jsonl").read_bytes() == _lines(0, 1, 2)
+
+
+def test_restore_refuses_a_runs_file_that_lacks_archived_records(tmp_path):
+    cell = _cell(tmp_path, gz=_lines(0, 1, 2), plain=_lines(5))
+    with pytest.raises(ValueError, match=r"runs\.jsonl lacks 3 of the 3 records in .*runs\.jsonl\.gz"):
+        archive.restore_records(cell)
+    assert (cell / "runs.jsonl").read_bytes() == _lines(5)  # nothing changed
+
+
+def test_restore_without_any_records_is_a_no_op(tmp_path):
+    cell = _cell(tmp_path)
+    assert archive.restore_records(cell) == 0
+    assert not (cell / "runs.jsonl").exists()
+
+
+def test_archive_writes_the_superset_and_removes_the_plain_file(tmp_path):
+    cell = _cell(tmp_path, gz=_lines(0, 1), plain=_lines(0, 1, 2))
+    assert archive.archive_records(cell) == 3
+    assert gzip.decompress((cell / "runs.jsonl.gz").read_bytes()) == _lines(0, 1, 2)
+    assert not (cell / "runs.jsonl").exists()
+
+
+def test_archive_refuses_to_replace_more_records_with_fewer(tmp_path):
+    cell = _cell(tmp_path, gz=_lines(0, 1, 2), plain=_lines(3))
+    with pytest.raises(ValueError, match=r"runs\.jsonl lacks 3 of the 3 records"):
+        archive.archive_records(cell)
+    assert gzip.decompress((cell / "runs.jsonl.gz").read_bytes()) == _lines(0, 1, 2)
+    assert (cell / "runs.jsonl").read_bytes() == _lines(3)
+
+
+def test_a_rerun_record_replacing_a_failed_one_still_counts_as_holding_it(tmp_path):
+    failed = json.dumps(sweep_record(run_id="reinit2/seed=0", seed=0, status="failed")).encode() + b"\n"
+    cell = _cell(tmp_path, gz=failed + _lines(1), plain=failed + _lines(1) + _lines(0))
+    assert archive.archive_records(cell) == 3
+
+
+def test_the_stability_script_restores_the_chosen_cells_before_any_run(tmp_path):
+    stability = _load("stability")
+    committed = _cell(tmp_path, gz=_lines(0, 1))
+    chosen = [cell for cell in stability.cells(20, 5) if cell.name in ("cola-1k-lr1e-4", "rte-1k-lr1e-4")]
+    assert stability.restore_cells(tmp_path, chosen) == {"cola-1k-lr1e-4": 2}
+    assert (committed / "runs.jsonl").read_bytes() == _lines(0, 1)
+    assert not (tmp_path / "rte-1k-lr1e-4").exists()
+
+
+def test_the_stability_script_refuses_before_any_run_when_a_cell_lost_records(tmp_path):
+    stability = _load("stability")
+    _cell(tmp_path, gz=_lines(0, 1), plain=_lines(7))
+    chosen = [cell for cell in stability.cells(20, 5) if cell.name == "cola-1k-lr1e-4"]
+    with pytest.raises(ValueError, match="lacks 2 of the 2 records"):
+        stability.restore_cells(tmp_path, chosen)
