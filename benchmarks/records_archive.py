@@ -3,7 +3,8 @@
 The sweeps append to ``runs.jsonl``; the repository keeps the records compressed. :func:`restore_records` puts an
 archive back before a cell is resumed (otherwise a fresh clone resumes from no records and re-runs every seed), and
 :func:`archive_records` writes the archive again only from a ``runs.jsonl`` that holds every archived record, so a
-smaller file never replaces a larger one. Records are compared line by line: a resumed sweep only appends (a re-run
+smaller file never replaces a larger one. Both hold the directory's sweep lock (``.sweep.lock``) while they work, so
+neither touches a cell a sweep is writing (:class:`~hf_stable_ft.experiment.SweepDirectoryLocked`). Records are compared line by line: a resumed sweep only appends (a re-run
 of a failed seed is a new line), so a file that continues the archive holds each of its lines.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+
+from hf_stable_ft.experiment import _SweepLock
 
 RUNS = "runs.jsonl"
 ARCHIVE = "runs.jsonl.gz"
@@ -46,6 +49,11 @@ def restore_records(cell: str | os.PathLike) -> int:
     cell = Path(cell)
     if not (cell / ARCHIVE).is_file():
         return 0
+    with _SweepLock(cell):
+        return _restore(cell)
+
+
+def _restore(cell: Path) -> int:
     if (cell / RUNS).exists():
         _check_holds_archive(cell)
         return 0
@@ -62,6 +70,11 @@ def archive_records(cell: str | os.PathLike) -> int:
     Returns the number of records archived.
     """
     cell = Path(cell)
+    with _SweepLock(cell):
+        return _archive(cell)
+
+
+def _archive(cell: Path) -> int:
     if (cell / ARCHIVE).is_file():
         plain, _ = _check_holds_archive(cell)
     else:

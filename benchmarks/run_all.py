@@ -2,10 +2,11 @@
 
     python benchmarks/run_all.py --run            # CPU: optimizer, cost, scale, Mixout, diagnostics (~20 min)
     python benchmarks/run_all.py --run --device cuda --stability   # on a GPU, also the stability study
-    python benchmarks/run_all.py                  # only re-assemble BENCHMARKS.md from benchmarks/results/
+    python benchmarks/run_all.py                  # only archive the cells' records and re-assemble BENCHMARKS.md
 
 Each benchmark writes a markdown table (with machine, date and versions) under ``benchmarks/results/``;
-stability cells are sweep directories (``report.md``, ``summary.json``, ``runs.jsonl.gz``). BENCHMARKS.md
+stability cells are sweep directories (``report.md``, ``summary.json``, ``runs.jsonl.gz``: a cell's ``runs.jsonl``
+is compressed into it, never replacing more records with fewer; ``records_archive.py``). BENCHMARKS.md
 is assembled from those files only, so every number in it comes from a file a command wrote.
 """
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hf_stable_ft.experiment import SweepDirectoryLocked
 from records_archive import archive_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +41,17 @@ def run(names: list[str], device: str) -> None:
         command = COMMANDS[name].format(device=device).replace("python", sys.executable, 1)
         print(f"$ {command}", flush=True)
         subprocess.run(command, shell=True, cwd=ROOT, check=True)
-    for runs in RESULTS.glob("stability_*/*/runs.jsonl"):
-        archive_records(runs.parent)  # refuses to replace a committed archive with fewer records
+
+
+def archive_cells() -> None:
+    """Compress every stability cell's ``runs.jsonl`` into its committed ``runs.jsonl.gz``. Stops at the first cell
+    whose ``runs.jsonl`` lacks archived records or that a sweep is writing, leaving that cell as it was."""
+    for runs in sorted(RESULTS.glob("stability_*/*/runs.jsonl")):
+        try:
+            count = archive_records(runs.parent)
+        except (ValueError, SweepDirectoryLocked) as error:
+            raise SystemExit(f"run_all.py: {error}") from None
+        print(f"archived {count} records of {runs.parent.relative_to(ROOT)}")
 
 
 def _read(name: str) -> str | None:
@@ -172,6 +183,7 @@ def main() -> None:
         names = options.only or [n for n in COMMANDS if (n != "stability" or options.stability)
                                  and not (n == "sweep" and options.device == "cuda")]  # a CPU-thread measurement
         run(names, options.device)
+    archive_cells()
     print(f"wrote {assemble()}")
 
 

@@ -211,6 +211,7 @@ def main() -> None:
             if cell.name not in prepared:
                 prepared[cell.name] = prepare_task(config)
             print(f"{cell.name}: seeds 0-{config.seeds[-1]}", flush=True)
+            restore_records(output / cell.name)  # again: run_all.py may have archived the cell since the last block
             run_sweep(config, output / cell.name, resume=True, progress=True, backend=backend, stop_at=deadline,
                       prepared=prepared[cell.name])
     for cell in chosen:

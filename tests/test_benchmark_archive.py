@@ -111,3 +111,36 @@ def test_the_stability_script_refuses_before_any_run_when_a_cell_lost_records(tm
     chosen = [cell for cell in stability.cells(20, 5) if cell.name == "cola-1k-lr1e-4"]
     with pytest.raises(ValueError, match="lacks 2 of the 2 records"):
         stability.restore_cells(tmp_path, chosen)
+
+
+def test_neither_touches_a_cell_a_sweep_is_writing(tmp_path):
+    from hf_stable_ft.experiment import SweepDirectoryLocked, _SweepLock
+
+    cell = _cell(tmp_path, gz=_lines(0), plain=_lines(0, 1))
+    with _SweepLock(cell):  # a second flock on a new descriptor conflicts, as another process's would
+        with pytest.raises(SweepDirectoryLocked):
+            archive.archive_records(cell)
+        (cell / "runs.jsonl").unlink()
+        with pytest.raises(SweepDirectoryLocked):
+            archive.restore_records(cell)
+    assert not (cell / "runs.jsonl").exists()
+    assert gzip.decompress((cell / "runs.jsonl.gz").read_bytes()) == _lines(0)
+
+
+def test_run_all_archives_without_running_and_stops_at_a_cell_that_lost_records(tmp_path, monkeypatch, capsys):
+    run_all = _load("run_all")
+    results = tmp_path / "benchmarks" / "results"
+    good = results / "stability_cpu" / "a-cell"
+    bad = results / "stability_cpu" / "b-cell"
+    for cell, gz, plain in ((good, _lines(0), _lines(0, 1)), (bad, _lines(0, 1), _lines(2))):
+        cell.mkdir(parents=True)
+        (cell / "runs.jsonl.gz").write_bytes(gzip.compress(gz))
+        (cell / "runs.jsonl").write_bytes(plain)
+    monkeypatch.setattr(run_all, "RESULTS", results)
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="b-cell/runs.jsonl lacks 2 of the 2 records"):
+        run_all.archive_cells()
+    assert gzip.decompress((good / "runs.jsonl.gz").read_bytes()) == _lines(0, 1)
+    assert not (good / "runs.jsonl").exists()
+    assert (bad / "runs.jsonl").read_bytes() == _lines(2)
+    assert "archived 2 records of benchmarks/results/stability_cpu/a-cell" in capsys.readouterr().out
