@@ -14,8 +14,6 @@ import gzip
 import os
 from pathlib import Path
 
-from hf_stable_ft.experiment import _SweepLock
-
 RUNS = "runs.jsonl"
 ARCHIVE = "runs.jsonl.gz"
 
@@ -49,6 +47,8 @@ def restore_records(cell: str | os.PathLike) -> int:
     cell = Path(cell)
     if not (cell / ARCHIVE).is_file():
         return 0
+    from hf_stable_ft.experiment import _SweepLock  # here, so the scripts' --help does not load transformers
+
     with _SweepLock(cell):
         return _restore(cell)
 
@@ -69,6 +69,8 @@ def archive_records(cell: str | os.PathLike) -> int:
 
     Returns the number of records archived.
     """
+    from hf_stable_ft.experiment import _SweepLock
+
     cell = Path(cell)
     with _SweepLock(cell):
         return _archive(cell)
