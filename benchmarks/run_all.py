@@ -44,14 +44,19 @@ def run(names: list[str], device: str) -> None:
 
 
 def archive_cells() -> None:
-    """Compress every stability cell's ``runs.jsonl`` into its committed ``runs.jsonl.gz``. Stops at the first cell
-    whose ``runs.jsonl`` lacks archived records or that a sweep is writing, leaving that cell as it was."""
+    """Compress every stability cell's ``runs.jsonl`` into its committed ``runs.jsonl.gz``. A cell a sweep is
+    writing is skipped and named (its archive stays as it was: run this again when the sweep ends); stops at the
+    first cell whose ``runs.jsonl`` lacks archived records, leaving that cell as it was."""
     for runs in sorted(RESULTS.glob("stability_*/*/runs.jsonl")):
+        cell = runs.parent.relative_to(ROOT)
         try:
             count = archive_records(runs.parent)
-        except (ValueError, SweepDirectoryLocked) as error:
+        except SweepDirectoryLocked:
+            print(f"skipped {cell}: a sweep is writing it (its runs.jsonl.gz is unchanged; run this again after)")
+            continue
+        except ValueError as error:
             raise SystemExit(f"run_all.py: {error}") from None
-        print(f"archived {count} records of {runs.parent.relative_to(ROOT)}")
+        print(f"archived {count} records of {cell}")
 
 
 def _read(name: str) -> str | None:

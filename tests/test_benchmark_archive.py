@@ -144,3 +144,27 @@ def test_run_all_archives_without_running_and_stops_at_a_cell_that_lost_records(
     assert not (good / "runs.jsonl").exists()
     assert (bad / "runs.jsonl").read_bytes() == _lines(2)
     assert "archived 2 records of benchmarks/results/stability_cpu/a-cell" in capsys.readouterr().out
+
+
+def test_run_all_skips_a_cell_a_sweep_is_writing_and_archives_the_others(tmp_path, monkeypatch, capsys):
+    """A background sweep holds one cell for an hour: the others (a GPU session's records, say) are archived."""
+    from hf_stable_ft.experiment import _SweepLock
+
+    run_all = _load("run_all")
+    results = tmp_path / "benchmarks" / "results"
+    busy, other = results / "stability_cpu" / "a-cell", results / "stability_gpu" / "b-cell"
+    for cell in (busy, other):
+        cell.mkdir(parents=True)
+        (cell / "runs.jsonl.gz").write_bytes(gzip.compress(_lines(0)))
+        (cell / "runs.jsonl").write_bytes(_lines(0, 1))
+    monkeypatch.setattr(run_all, "RESULTS", results)
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)
+    with _SweepLock(busy):
+        run_all.archive_cells()
+    assert gzip.decompress((other / "runs.jsonl.gz").read_bytes()) == _lines(0, 1)
+    assert not (other / "runs.jsonl").exists()
+    assert gzip.decompress((busy / "runs.jsonl.gz").read_bytes()) == _lines(0)
+    assert (busy / "runs.jsonl").read_bytes() == _lines(0, 1)
+    out = capsys.readouterr().out
+    assert "skipped benchmarks/results/stability_cpu/a-cell: a sweep is writing it" in out
+    assert "archived 2 records of benchmarks/results/stability_gpu/b-cell" in out
