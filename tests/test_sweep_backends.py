@@ -335,6 +335,45 @@ def test_worker_processes_give_the_local_records(tiny, tmp_path, one_thread):
             assert remote[run_id].get(key) == record.get(key), (run_id, key)
 
 
+class SlowToUnpickle:
+    """Shared data whose unpickling in a worker takes ``seconds`` and leaves a (pid, start, end) line in ``log``."""
+
+    def __init__(self, log: str, seconds: float):
+        self.log, self.seconds = log, seconds
+
+    def __reduce__(self):
+        return (_slow_unpickle, (self.log, self.seconds))
+
+
+def _slow_unpickle(log, seconds):
+    started = time.time()
+    time.sleep(seconds)
+    with open(log, "a") as handle:
+        handle.write(f"{os.getpid()} {started} {time.time()}\n")
+    return SlowToUnpickle(log, seconds)
+
+
+def echo_run(prepared, recipe, seed, run_dir, training, evaluations):
+    return {"run_id": f"{recipe}/seed={seed}", "status": "finished"}
+
+
+def test_worker_processes_receive_the_shared_data_at_the_same_time_not_one_after_another(tmp_path):
+    """Reported on the GPU machine (2026-12-04): 14 workers took ~160 s before the first run started, 4 took 46 s —
+    each worker got the shared data (datasets and weights, ~90 MB) as a process argument, and ``spawn`` writes that
+    into the new process's pipe, blocking the driver until the worker has read it: the workers' start-ups (Python,
+    torch, transformers, unpickling) ran one after another. Here each worker's unpickling takes 1.5 s and a 2 MB
+    payload follows it: the three must overlap, not queue."""
+    log = tmp_path / "unpickled"
+    shared = (SlowToUnpickle(str(log), 1.5), b"x" * 2_000_000)
+    backend = ProcessBackend(3, run_fn=echo_run)
+    records = list(backend.runs(shared, [("r", seed) for seed in range(3)], None, 1, run_fn=echo_run,
+                                failed_fn=None))
+    assert sorted(record["run_id"] for _, _, record in records) == ["r/seed=0", "r/seed=1", "r/seed=2"]
+    spans = [tuple(map(float, line.split()[1:])) for line in log.read_text().splitlines()]
+    assert len(spans) == 3
+    assert max(start for start, _ in spans) < min(end for _, end in spans), spans  # every worker was unpickling at once
+
+
 def test_a_killed_worker_process_is_replaced_and_its_run_recorded_once(tiny, tmp_path):
     out, markers = tmp_path / "sweep", tmp_path / "markers"
     markers.mkdir()
