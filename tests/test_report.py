@@ -392,6 +392,30 @@ def test_settings_table_shows_what_recipes_changed_not_record_versions(tmp_path)
     assert "| recipe_fields |" not in md and "| hf_stable_ft |" not in md
 
 
+def test_a_recipe_whose_runs_were_trained_with_different_settings_is_named_in_the_verdict(tmp_path):
+    """Reported (2026-12-04): a committed cell resumed after a release changed mosbach2021's Adam epsilon pooled
+    seeds 0-4 (epsilon 1e-8) with seeds 5-10 (1e-6) under one name, and the report compared only each recipe's first
+    run, so nothing said so. A setting recorded in every run of a recipe with more than one value is named, with
+    its seeds; a setting some runs lack (written before it existed) or that only changes logging is not."""
+    runs = []
+    for seed in range(5):
+        for name in ("devlin2019", "mosbach2021"):
+            run = make_run(name, seed, score=0.3 + 0.01 * seed)
+            run["settings"] = {"learning_rate": 2e-5, "adam_epsilon": 1e-8 if seed < 2 or name == "devlin2019"
+                               else 1e-6, "seed": seed, "output_dir": f"/tmp/{seed}",
+                               "logging_nan_inf_filter": seed < 2, **({"ema_decay": 0.999} if seed >= 2 else {})}
+            runs.append(run)
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    write_report(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings_within_recipe"] == {
+        "mosbach2021": {"adam_epsilon": [{"value": 1e-8, "seeds": [0, 1]}, {"value": 1e-6, "seeds": [2, 3, 4]}]}}
+    verdict = (tmp_path / "report.md").read_text().split("## Results")[0]
+    assert ("mosbach2021's runs were not all trained alike: adam_epsilon 1e-08 (seeds 0–1), 1e-06 (seeds 2–4). "
+            "They are pooled in every number of this report." in verdict)
+    assert "devlin2019's runs were not" not in verdict
+
+
 def test_each_figure_carries_the_provenance_line(tmp_path):
     """A PNG copied out of the report still names where and with what its runs were trained: the line is drawn
     under the plot, which makes the image taller than the same plot without it."""

@@ -218,7 +218,25 @@ def verdict(summary: SweepSummary | Mapping) -> str:
     lines = ["## Verdict", "", text, "", f"*{caveats}*"]
     for note in summary.notes:
         lines += ["", f"> {note}"]
+    for name, changed in (summary.settings_within_recipe or {}).items():
+        parts = "; ".join(f"{key} " + ", ".join(f"{entry['value']} (seeds {_seed_ranges(entry['seeds'])})"
+                                                for entry in entries) for key, entries in changed.items())
+        lines += ["", f"> **{name}'s runs were not all trained alike: {parts}. They are pooled in every number of "
+                      f"this report.**"]
     return "\n".join(lines)
+
+
+def _seed_ranges(seeds: list) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0–2, 5, 7–8"``."""
+    known = sorted(s for s in seeds if isinstance(s, int))
+    spans: list[list[int]] = []
+    for seed in known:
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    text = [f"{a}–{b}" if b > a else f"{a}" for a, b in spans]
+    return ", ".join(text + ["unknown"] * (len(seeds) > len(known)))
 
 
 def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:

@@ -250,6 +250,10 @@ class SweepSummary:
     #: "first", "last" (UTC dates), "versions": {package: {version: runs}}, "not_recorded"}``, and from the
     #: directory's ``sweep.json`` ``"sweeps": [{"started", "command"}]`` (None in a summary written before it).
     provenance: dict | None = None
+    #: ``{recipe: {setting: [{"value", "seeds"}]}}`` for settings recorded in every run of a recipe with more than
+    #: one value (runs of one name trained alike or not: a cell resumed after a recipe changed); None in a summary
+    #: written before it existed.
+    settings_within_recipe: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -383,6 +387,7 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
         not_counted=[{k: getattr(r, k) for k in ("run_id", "recipe", "seed", "status", "error")} for r in not_counted],
         alarms=[a for a in (_alarm(r) for r in records) if a is not None],
         settings_that_differ=_differing_settings(settings),
+        settings_within_recipe=_settings_within_recipe(records, recipes),
         provenance=provenance(records),
         n_bootstrap=n_bootstrap, bootstrap_seed=seed, std_ddof=1, levene_center="median", notes=notes,
         runs_to_match_settings={
@@ -487,6 +492,30 @@ _NOT_COMPARED = {"seed", "output_dir", "run_name", "logging_dir", "data_seed", "
 #: How the "differ" table shows a setting a recipe's records do not hold (a stock ``TrainingArguments`` run has no
 #: hf_stable_ft fields; records written before a field existed lack it).
 NOT_RECORDED = "not recorded"
+
+
+def _settings_within_recipe(records, recipes) -> dict:
+    """``{recipe: {setting: [{"value", "seeds"}]}}``: the settings recorded in *every* run of a recipe that do not
+    have one value across them, each value with the seeds trained with it (in order of first seed). A setting some
+    runs lack (written before it existed) is not a change the records show; ``logging_*`` fields change only what
+    is logged, and :data:`_NOT_COMPARED` fields differ by design."""
+    out = {}
+    for name in recipes:
+        runs = [r for r in records if r.recipe == name and isinstance(r.settings, dict)]
+        if len(runs) < 2:
+            continue
+        shared = set.intersection(*(set(r.settings) for r in runs)) - _NOT_COMPARED
+        changed = {}
+        for key in sorted(k for k in shared if not k.startswith("logging_")):
+            by_value: dict[str, tuple] = {}
+            for run in sorted(runs, key=lambda r: (r.seed is None, r.seed)):
+                text = json.dumps(run.settings[key], sort_keys=True, default=str)
+                by_value.setdefault(text, (run.settings[key], []))[1].append(run.seed)
+            if len(by_value) > 1:
+                changed[key] = [{"value": value, "seeds": seeds} for value, seeds in by_value.values()]
+        if changed:
+            out[name] = changed
+    return out
 
 
 def _differing_settings(settings: dict) -> dict:
