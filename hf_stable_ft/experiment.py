@@ -724,6 +724,34 @@ def _differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}: {recorded!r} (recorded) vs {now!r} (now)"]
 
 
+def _preset_values(spec: RecipeSpec, config: SweepConfig) -> dict[str, tuple[Any, str]]:
+    """``{field: (value, source)}`` of this sweep's runs of ``spec`` (empty for a stock ``Trainer`` run): a release
+    that changes what a preset sets changes the values whose source is the recipe, under an unchanged label."""
+    with tempfile.TemporaryDirectory(prefix="hf_stable_ft_check_") as probe:
+        args = _run_arguments(spec, config.seeds[0], probe, config.training, config.evaluations_per_run, "accuracy")
+    if not hasattr(args, "resolved_settings"):
+        return {}
+    return {name: (_json_safe(entry["value"]), str(entry["source"])) for name, entry in args.resolved_settings().items()}
+
+
+def _preset_changes(record: dict, now: dict[str, tuple[Any, str]]) -> list[str]:
+    """``field: old (recorded) vs new (now)`` for each field a recipe set in ``record``'s run or sets now whose value
+    differs (a record's settings keep each field's value and source); nothing for a record without them."""
+    settings = record.get("settings")
+    resolved = (settings.get(SETTINGS_KEY) or {}).get("settings") if isinstance(settings, dict) else None
+    if not isinstance(resolved, dict):
+        return []
+    out = []
+    for name, entry in resolved.items():
+        if not isinstance(entry, dict) or name not in now:
+            continue
+        (value, source), old = now[name], entry.get("value")
+        from_recipe = str(entry.get("source", "")).startswith("recipe") or source.startswith("recipe")
+        if from_recipe and json.dumps(old, default=str) != json.dumps(value, default=str):
+            out.append(f"{name}: {old!r} (recorded) vs {value!r} (now; the preset changed since)")
+    return out
+
+
 def _legacy_settings(previous: dict | None) -> dict[str, dict]:
     """Per label, what records written before records carried ``sweep_settings`` were run with (sweep.json)."""
     config = (previous or {}).get("config")
@@ -777,9 +805,11 @@ def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: 
         if not mine:
             continue
         now = {"shared": shared, "recipe": _recipe_settings(spec)}
+        preset_now = _preset_values(spec, config)
         for record in mine:
             recorded = record.get("sweep_settings") or legacy.get(spec.label)
             diffs = _differences(recorded, now) if recorded else []
+            diffs = diffs or _preset_changes(record, preset_now)
             if diffs:
                 conflicts.append(f"recipe {spec.label!r} has runs here ({record['run_id']}, ...) with other settings: "
                                  + "; ".join(diffs))

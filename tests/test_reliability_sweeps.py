@@ -75,6 +75,31 @@ def _cli_error(argv, capsys) -> str:
     return err[-1]
 
 
+def test_resume_after_a_release_changed_what_a_preset_sets_needs_a_new_label(tiny, tmp_path, count_runs):
+    """Reported (2026-12-04): a committed cell resumed after a release changed mosbach2021's Adam epsilon (1e-8 to
+    1e-6) added seeds under the same label — the label and its definition ('mosbach2021') were unchanged, so the
+    resume check passed, and the cell pooled two settings. The records keep each field's value and source; a label
+    whose recorded recipe-set values differ from what its preset sets now is refused like any other change."""
+    out = tmp_path / "sweep"
+    run_sweep(_config(tiny, recipes=("devlin2019",)), out, progress=False)
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    recorded = record["settings"]["hf_stable_ft"]["settings"]["adam_epsilon"]
+    assert recorded == {"value": 1e-6, "source": "recipe devlin2019"}
+    record["settings"]["hf_stable_ft"]["settings"]["adam_epsilon"]["value"] = 1e-8  # what an older preset set
+    (out / "runs.jsonl").write_text(json.dumps(record) + "\n")
+    before = (out / "runs.jsonl").read_bytes()
+    refusal = r"'devlin2019'.*adam_epsilon: 1e-08 \(recorded\) vs 1e-06 \(now; the preset changed since\).*new recipe label"
+    with pytest.raises(ValueError, match=refusal):
+        run_sweep(_config(tiny, recipes=("devlin2019",), seeds=(0, 1)), out, resume=True, progress=False)
+    assert (out / "runs.jsonl").read_bytes() == before and count_runs == ["devlin2019/seed=0"]
+    # the same values: resumed
+    record["settings"]["hf_stable_ft"]["settings"]["adam_epsilon"]["value"] = 1e-6
+    (out / "runs.jsonl").write_text(json.dumps(record) + "\n")
+    run_sweep(_config(tiny, recipes=("devlin2019",), seeds=(0, 1)), out, resume=True, progress=False)
+    assert count_runs == ["devlin2019/seed=0", "devlin2019/seed=1"]
+
+
 def _section(markdown: str, heading: str) -> str:
     start = markdown.index(heading)
     end = markdown.find("\n## ", start + 1)
