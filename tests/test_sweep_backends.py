@@ -335,22 +335,27 @@ def test_worker_processes_give_the_local_records(tiny, tmp_path, one_thread):
             assert remote[run_id].get(key) == record.get(key), (run_id, key)
 
 
-class SlowToUnpickle:
-    """Shared data whose unpickling in a worker takes ``seconds`` and leaves a (pid, start, end) line in ``log``."""
+class MeetWhenUnpickled:
+    """Shared data whose unpickling in a worker waits (at most ``timeout`` s) until ``count`` workers are unpickling
+    it, then writes ``met`` or ``alone`` to ``folder/<pid>``: the workers met only if none had to finish first."""
 
-    def __init__(self, log: str, seconds: float):
-        self.log, self.seconds = log, seconds
+    def __init__(self, folder: str, count: int, timeout: float):
+        self.folder, self.count, self.timeout = folder, count, timeout
 
     def __reduce__(self):
-        return (_slow_unpickle, (self.log, self.seconds))
+        return (_meet, (self.folder, self.count, self.timeout))
 
 
-def _slow_unpickle(log, seconds):
-    started = time.time()
-    time.sleep(seconds)
-    with open(log, "a") as handle:
-        handle.write(f"{os.getpid()} {started} {time.time()}\n")
-    return SlowToUnpickle(log, seconds)
+def _meet(folder, count, timeout):
+    arrived = Path(folder) / "arrived"
+    arrived.mkdir(exist_ok=True)
+    (arrived / str(os.getpid())).touch()
+    deadline = time.time() + timeout
+    while len(list(arrived.iterdir())) < count and time.time() < deadline:
+        time.sleep(0.05)
+    met = len(list(arrived.iterdir())) >= count
+    (Path(folder) / str(os.getpid())).write_text("met" if met else "alone")
+    return MeetWhenUnpickled(folder, count, timeout)
 
 
 def echo_run(prepared, recipe, seed, run_dir, training, evaluations):
@@ -361,17 +366,17 @@ def test_worker_processes_receive_the_shared_data_at_the_same_time_not_one_after
     """Reported on the GPU machine (2026-12-04): 14 workers took ~160 s before the first run started, 4 took 46 s —
     each worker got the shared data (datasets and weights, ~90 MB) as a process argument, and ``spawn`` writes that
     into the new process's pipe, blocking the driver until the worker has read it: the workers' start-ups (Python,
-    torch, transformers, unpickling) ran one after another. Here each worker's unpickling takes 1.5 s and a 2 MB
-    payload follows it: the three must overlap, not queue."""
-    log = tmp_path / "unpickled"
-    shared = (SlowToUnpickle(str(log), 1.5), b"x" * 2_000_000)
+    torch, transformers, unpickling) ran one after another. Here the data is 2 MB after an object whose unpickling
+    waits for the other workers to be unpickling too: they all get there only if no worker has to finish first."""
+    folder = tmp_path / "meet"
+    folder.mkdir()
+    shared = (MeetWhenUnpickled(str(folder), 3, timeout=60), b"x" * 2_000_000)
     backend = ProcessBackend(3, run_fn=echo_run)
     records = list(backend.runs(shared, [("r", seed) for seed in range(3)], None, 1, run_fn=echo_run,
                                 failed_fn=None))
     assert sorted(record["run_id"] for _, _, record in records) == ["r/seed=0", "r/seed=1", "r/seed=2"]
-    spans = [tuple(map(float, line.split()[1:])) for line in log.read_text().splitlines()]
-    assert len(spans) == 3
-    assert max(start for start, _ in spans) < min(end for _, end in spans), spans  # every worker was unpickling at once
+    outcomes = [f.read_text() for f in folder.iterdir() if f.is_file()]
+    assert outcomes == ["met"] * 3, outcomes
 
 
 def test_a_killed_worker_process_is_replaced_and_its_run_recorded_once(tiny, tmp_path):
