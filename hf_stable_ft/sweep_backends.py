@@ -115,19 +115,21 @@ def _process_worker(jobs, results, threads, run_fn, failed_fn):
     weights, read while Python, torch and transformers are imported) made the workers start one after another —
     about 11 s each on the GPU machine, 160 s before 14 packed runs began."""
     import os
+    import queue
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     torch.set_num_threads(threads)
     parent = os.getppid()
-    prepared = None
-    while prepared is None:
+    payload = None
+    while payload is None:
         try:
-            prepared = pickle.loads(jobs.get(timeout=5))
-        except Exception:  # queue.Empty
+            payload = jobs.get(timeout=5)
+        except queue.Empty:
             if os.getppid() != parent:
                 return
+    prepared = pickle.loads(payload)  # an error here ends the worker: the driver replaces it, then records failed
     while True:
         try:
             job = jobs.get(timeout=5)
@@ -153,11 +155,11 @@ class ProcessBackend(SweepBackend):
 
     Each worker gets the shared data and weights once, when it starts (pickled once, through its job queue, so the
     workers start side by side), and runs one pair at a time with ``threads_per_run`` torch threads (one by
-    default: a CPU run then gives the local backend's scores). On a GPU every worker shares the visible GPU(s). Records go back to the driver as runs finish, and the driver writes
-    them. A worker process that dies mid-run (killed, out of memory) is replaced, and its run is run again, at most
-    ``max_retries`` times; after that it is recorded as failed, once. An exception inside a run is a ``failed``
-    record, not a retry. ``run_fn`` replaces :func:`hf_stable_ft.experiment.run_single` (it must be importable in a
-    fresh process).
+    default: a CPU run then gives the local backend's scores). On a GPU every worker shares the visible GPU(s).
+    Records go back to the driver as runs finish, and the driver writes them. A worker process that dies mid-run
+    (killed, out of memory) is replaced, and its run is run again, at most ``max_retries`` times; after that it is
+    recorded as failed, once. An exception inside a run is a ``failed`` record, not a retry. ``run_fn`` replaces
+    :func:`hf_stable_ft.experiment.run_single` (it must be importable in a fresh process).
     """
 
     name = "processes"
