@@ -193,8 +193,11 @@ class ProcessBackend(SweepBackend):
         done: set[int] = set()
         next_id = 0
 
+        queues = []  # every worker's job queue, replaced workers' too
+
         def start(slot):
             queue = context.Queue()
+            queues.append(queue)
             process = context.Process(target=_process_worker, name=f"hf_stable_ft_worker_{slot}", daemon=True,
                                       args=(queue, results, self.threads_per_run, run_fn, failed_fn))
             process.start()
@@ -275,6 +278,11 @@ class ProcessBackend(SweepBackend):
                 if process.is_alive():
                     process.kill()
                     process.join(timeout=5)
+            # a worker that died (or was killed above) before reading the shared data left it in its queue's feeder
+            # thread, blocked on a pipe whose read end this process holds; Python would join that thread at exit
+            for queue in queues:
+                queue.cancel_join_thread()
+                queue.close()
 
 
 # --------------------------------------------------------------------------------------------------------- Ray

@@ -554,3 +554,34 @@ def test_a_sweep_joins_a_ray_head_started_with_ray_start_by_its_address(tiny, tm
         # stop this test's cluster only (`ray stop` would stop every Ray on the machine): its processes by pid
         _kill_ray_of(temp_dir)
     assert _ray_processes(temp_dir) == []
+
+
+_DEAD_WORKERS_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from hf_stable_ft.sweep_backends import ProcessBackend
+from test_sweep_backends import echo_run
+
+def failed(prepared, recipe, seed, error, **kw):
+    return {{"run_id": f"{{recipe}}/seed={{seed}}", "status": "failed"}}
+
+if __name__ == "__main__":
+    backend = ProcessBackend(2, max_retries=1, run_fn=echo_run)
+    backend.threads_per_run = "not a number"  # each worker dies before it reads the shared data
+    from hf_stable_ft.experiment import parse_recipe
+    records = list(backend.runs(b"x" * 2_000_000, [(parse_recipe("stock"), 0)], None, 1, run_fn=echo_run,
+                                failed_fn=failed))
+    print(records[0][2]["status"], flush=True)
+"""
+
+
+def test_the_driver_exits_when_workers_died_before_reading_the_shared_data(tmp_path):
+    """Reported by CI (2026-12-04): pytest printed its summary and never exited. A worker that died (or was killed at
+    the end of a sweep) before reading the shared data left it in its queue's feeder thread, blocked on a pipe whose
+    read end the driver still held, and Python joins that thread at exit. The driver now lets its queues go."""
+    script = tmp_path / "dead_workers.py"
+    script.write_text(_DEAD_WORKERS_SCRIPT.format(tests=str(Path(__file__).parent)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "failed"
