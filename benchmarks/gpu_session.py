@@ -62,11 +62,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 #: The stability passes, most needed first: (cells, recipe labels or None for every recipe of the cells, seeds).
 #: Each pass is one ``stability.py`` call whose runs are all queued at once (seed-major), so the GPU stays full and
 #: a time box leaves the recipes of a pass with the same seeds, give or take one.
+HEADLINE_RECIPES = "devlin2019,stock,mosbach2021,zhang2021,debiased3ep"
 PASSES = [
-    ("cola-1k-lr2e-5", "devlin2019,stock,mosbach2021,zhang2021,debiased3ep", 20),  # issue #18's headline cell
+    ("cola-1k-lr2e-5", HEADLINE_RECIPES, 20),  # issue #18's headline cell
     ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_TECHNIQUES), 10),  # issue #17 on the 3-epoch base
     ("cola-1k-lr1e-4,rte-1k-lr1e-4", "devlin2019,debiased3ep", 20),
-    ("sst2-1k-lr2e-5", "devlin2019,stock,mosbach2021,zhang2021,debiased3ep", 20),
+    ("sst2-1k-lr2e-5", HEADLINE_RECIPES, 20),
     ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_ON_ZHANG), 10),  # issue #17 on zhang2021
     ("rte-1k-intermediate,rte-1k-intermediate-freshhead,rte-full-lr2e-5,cola-full-lr2e-5", None, 20),
 ]
@@ -178,7 +179,9 @@ def main() -> None:
         raise SystemExit("no CUDA device here; use --cpu-check to rehearse on CPU")
     timings: dict = {}
     python = sys.executable
-    model = ["--model-path", options.model] if options.model else []
+    model = ["--model-path", options.model] if options.model else []  # the bench_*.py spelling
+    sweep_inputs = [*(["--model", options.model] if options.model else []),  # stability.py's and bench_sweep.py's
+                    *(["--data-dir", options.glue] if options.glue else [])]
     budget = options.budget
 
     def allowance(name: str) -> float:
@@ -198,9 +201,7 @@ def main() -> None:
 
     _seed_gpu_records(out)
     stability = [python, "benchmarks/stability.py", "--output", str(out / "stability_gpu"), "--backend", "processes",
-                 "--seeds-full", "5", "--workers", str(2 if options.cpu_check else options.workers)]
-    stability += ["--model", options.model] if options.model else []
-    stability += ["--data-dir", options.glue] if options.glue else []
+                 "--seeds-full", "5", "--workers", str(2 if options.cpu_check else options.workers), *sweep_inputs]
     stability_end = time.time() + allowance("stability")
     for number, (cells, recipes, seeds) in enumerate(CPU_CHECK_PASSES if options.cpu_check else PASSES, 1):
         launch = stability_end - GUARD_S - time.time()
@@ -215,19 +216,15 @@ def main() -> None:
             raise SystemExit(f"the first stability pass failed at once ({result}): stopping here, see {name}.log")
     # two interleaved rounds on the GPU (three by default): a MiniLM step there is ~15 ms, the Trainer's set-up ~1 s
     quick = ["--steps", "6", "--skip", "2", "--rounds", "1"] if options.cpu_check else ["--rounds", "2"]
-    for name, extra in (("cost", []), ("scale", ["--scale"])):
-        step(name, [python, "benchmarks/bench_cost.py", "--device", device, *extra, *model, *quick,
+    for name, script, extra in (("cost", "bench_cost.py", []), ("amp", "bench_amp.py", []),
+                                ("scale", "bench_cost.py", ["--scale"])):
+        step(name, [python, f"benchmarks/{script}", "--device", device, *extra, *model, *quick,
                     "--output", str(out / f"{name}_{device}.md")], allowance(name))
-        if name == "cost":
-            step("amp", [python, "benchmarks/bench_amp.py", "--device", device, *model, *quick,
-                         "--output", str(out / f"amp_{device}.md")], allowance("amp"))
     packing = ["--backends", "local,processes:2", "--seeds", "1", "--max-steps", "4"] if options.cpu_check else [
         "--backends", "local,processes:4,processes:8", "--seeds", "2", "--max-steps", "100"]
     if allowance("sweep") >= 30:
-        step("sweep", [python, "benchmarks/bench_sweep.py", *packing, *(["--model", options.model] if options.model
-                                                                        else []),
-                       *(["--data-dir", options.glue] if options.glue else []), "--output",
-                       str(out / f"sweep_{device}.md")], allowance("sweep") - 5)
+        step("sweep", [python, "benchmarks/bench_sweep.py", *packing, *sweep_inputs,
+                       "--output", str(out / f"sweep_{device}.md")], allowance("sweep") - 5)
     timings["total_s"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     _bundle(out, options.bundle)

@@ -727,7 +727,7 @@ def _differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
 def _preset_values(spec: RecipeSpec, config: SweepConfig) -> dict[str, tuple[Any, str]]:
     """``{field: (value, source)}`` of this sweep's runs of ``spec`` (empty for a stock ``Trainer`` run): a release
     that changes what a preset sets changes the values whose source is the recipe, under an unchanged label."""
-    with tempfile.TemporaryDirectory(prefix="hf_stable_ft_check_") as probe:
+    with tempfile.TemporaryDirectory(prefix="hf_stable_ft_check_") as probe:  # the metric name only names a save
         args = _run_arguments(spec, config.seeds[0], probe, config.training, config.evaluations_per_run, "accuracy")
     if not hasattr(args, "resolved_settings"):
         return {}
@@ -770,12 +770,14 @@ def _legacy_settings(previous: dict | None) -> dict[str, dict]:
 
 
 def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: bool, overwrite: bool,
-          repair: bool) -> tuple[list[tuple[RecipeSpec, int]], list[str], dict | None]:
+          repair: bool, presets: dict | None = None) -> tuple[list[tuple[RecipeSpec, int]], list[str], dict | None]:
     """What is left to run, which of it retries failed runs, and the directory's sweep.json (None if absent).
 
     Refuses a directory holding a different sweep (unless ``resume``) and, always, a label whose recorded runs
-    were trained with other settings than this sweep gives it.
+    were trained with other settings than this sweep gives it. ``presets`` caches :func:`_preset_values` per label
+    across the calls of one sweep.
     """
+    presets = {} if presets is None else presets
     # seed-major: a sweep stopped early (killed, time-boxed) leaves every recipe with about the same seeds
     all_pairs = [(r, s) for s in config.seeds for r in recipes]
     settings_path = output / SWEEP_FILE
@@ -805,7 +807,9 @@ def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: 
         if not mine:
             continue
         now = {"shared": shared, "recipe": _recipe_settings(spec)}
-        preset_now = _preset_values(spec, config)
+        if spec.label not in presets:
+            presets[spec.label] = _preset_values(spec, config)
+        preset_now = presets[spec.label]
         for record in mine:
             recorded = record.get("sweep_settings") or legacy.get(spec.label)
             diffs = _differences(recorded, now) if recorded else []
@@ -954,7 +958,8 @@ def execute_sweep(config: Any, output: str | os.PathLike, recipes: list[RecipeSp
     output = Path(output)
     runs_path = output / RUNS_FILE
     _check_output_usable(output)
-    todo, _, _ = _plan(output, config, recipes, resume, overwrite, repair=False)  # read only
+    presets: dict = {}
+    todo, _, _ = _plan(output, config, recipes, resume, overwrite, repair=False, presets=presets)  # read only
     if not todo:
         return runs_path
     if output.exists():
@@ -969,7 +974,7 @@ def execute_sweep(config: Any, output: str | os.PathLike, recipes: list[RecipeSp
         raise
     with contextlib.closing(backend), _SweepLock(output):
         _check_writable(output)
-        todo, retries, previous = _plan(output, config, recipes, resume, overwrite, repair=True)
+        todo, retries, previous = _plan(output, config, recipes, resume, overwrite, repair=True, presets=presets)
         if overwrite:
             _move_aside(output)
             previous = None
