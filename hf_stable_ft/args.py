@@ -240,7 +240,8 @@ class StableTrainingArguments(TrainingArguments):
     )
     recadam_t0: float = field(
         default=0.0,
-        metadata={"help": "RecAdam's t0 >= 0: the update at which lambda(t) = 1/2. Default 0 (paper default 250)."},
+        metadata={"help": "RecAdam's t0 >= 0: the update at which lambda(t) = 1/2. Default 0 (the paper's script: 250); "
+                          "a t0 outside [1, max_steps) is warned about at train start."},
     )
     restart_degenerate_runs: int = field(
         default=0,
