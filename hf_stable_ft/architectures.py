@@ -10,6 +10,7 @@ DistributedDataParallel wrappers are removed first by :func:`unwrap_model`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -43,6 +44,11 @@ class EncoderLayout:
         note: why the family is special, shown in errors.
         output_layer: the ``nn.Linear`` with one row per label in the task model (what intermediate-task transfer
             re-draws or maps row by row).
+        out_projections: Linear modules (suffixes of their dotted names) that the family initialises with the
+            smaller std ``initializer_range/√(2·num_hidden_layers)`` (ModernBERT's residual-stream outputs);
+            re-init draws them the same way.
+        truncated_init: the family draws weights from a normal truncated at ±``initializer_cutoff_factor``·std
+            (ModernBERT; the config's factor, 3 where it is unset, as transformers does).
     """
 
     embeddings: tuple[str, ...]
@@ -53,6 +59,8 @@ class EncoderLayout:
     supports_layerwise: bool = True
     note: str = ""
     output_layer: str = "classifier"
+    out_projections: tuple[str, ...] = ()
+    truncated_init: bool = False
 
 
 # model_type -> (base attribute, layout). "{base}" is replaced by the base attribute.
@@ -95,7 +103,8 @@ ENCODER_LAYOUTS: dict[str, tuple[str, EncoderLayout]] = {
     ),
     "modernbert": (
         "model",
-        EncoderLayout(("{base}.embeddings",), "{base}.layers", pooler=("head",), shared_top=("{base}.final_norm",)),
+        EncoderLayout(("{base}.embeddings",), "{base}.layers", pooler=("head",), shared_top=("{base}.final_norm",),
+                      out_projections=("attn.Wo", "mlp.Wo", "head.dense"), truncated_init=True),
     ),
     "albert": (
         "albert",
@@ -156,15 +165,13 @@ def get_encoder_layout(model: nn.Module, *, need_layerwise: bool = False, purpos
     def fill(paths):
         return tuple(p.format(base=base) for p in paths)
 
-    return EncoderLayout(
+    return dataclasses.replace(
+        layout,
         embeddings=fill(layout.embeddings),
         layers=layout.layers.format(base=base),
         pooler=fill(layout.pooler),
         shared_bottom=fill(layout.shared_bottom),
         shared_top=fill(layout.shared_top),
-        supports_layerwise=layout.supports_layerwise,
-        note=layout.note,
-        output_layer=layout.output_layer,
     )
 
 

@@ -27,7 +27,8 @@ RECIPE_FIELDS: tuple[str, ...] = tuple(sorted({name for recipe in RECIPES.values
 TECHNIQUE_FIELDS: tuple[str, ...] = (
     "adam_bias_correction", "reinit_pooler", "reinit_layers", "layerwise_lr_decay", "pretrained_weight_decay",
     "mixout_prob", "min_train_steps",
-    "noisytune_intensity", "child_tuning_mode", "child_tuning_p", "r3f_lambda", "r3f_eps", "r3f_noise_type",
+    "noisytune_intensity", "child_tuning_mode", "child_tuning_p", "child_tuning_fisher_clip",
+    "r3f_lambda", "r3f_eps", "r3f_noise_type",
     "weight_averaging", "ema_decay", "swa_start_fraction", "recadam_k", "recadam_t0",
 )
 
@@ -196,6 +197,14 @@ class StableTrainingArguments(TrainingArguments):
         default=0.3,
         metadata={"help": "ChildTuning's p in (0, 1]: keep probability (F) or kept fraction (D). Default 0.3."},
     )
+    child_tuning_fisher_clip: float | None = field(
+        default=None,
+        metadata={
+            "help": "ChildTuning_D only: clip each tensor's per-batch gradient to this L2 norm before squaring it in "
+            "the Fisher pass, as the released code does (AliceMind's ChildTuningD.py, with max_grad_norm = 1.0). "
+            "None (default) is the paper's equation 5, unclipped."
+        },
+    )
     r3f_lambda: float = field(
         default=0.0,
         metadata={
@@ -240,7 +249,8 @@ class StableTrainingArguments(TrainingArguments):
     )
     recadam_t0: float = field(
         default=0.0,
-        metadata={"help": "RecAdam's t0 >= 0: the update at which lambda(t) = 1/2. Default 0 (paper default 250)."},
+        metadata={"help": "RecAdam's t0 >= 0: the update at which lambda(t) = 1/2. Default 0 (the paper's script: 250); "
+                          "a t0 outside [1, max_steps) is warned about at train start."},
     )
     restart_degenerate_runs: int = field(
         default=0,
@@ -310,6 +320,15 @@ class StableTrainingArguments(TrainingArguments):
                 "child_tuning_mode", "None, 'F' (task-free) or 'D' (task-driven)")
         require(_is_finite_number(self.child_tuning_p) and 0 < self.child_tuning_p <= 1,
                 "child_tuning_p", "a float in (0, 1]")
+        require(self.child_tuning_fisher_clip is None
+                or (_is_finite_number(self.child_tuning_fisher_clip) and self.child_tuning_fisher_clip > 0),
+                "child_tuning_fisher_clip", "None or a finite float > 0")
+        if self.child_tuning_fisher_clip is not None and self.child_tuning_mode != "D":
+            raise ValueError(
+                f"child_tuning_fisher_clip={self.child_tuning_fisher_clip} clips the gradients of ChildTuning_D's "
+                f"Fisher pass, but child_tuning_mode={self.child_tuning_mode!r}; allowed: child_tuning_fisher_clip "
+                "only with child_tuning_mode='D', or None"
+            )
         require(_is_finite_number(self.r3f_lambda) and self.r3f_lambda >= 0, "r3f_lambda", "a finite float >= 0")
         require(_is_finite_number(self.r3f_eps) and self.r3f_eps > 0, "r3f_eps", "a finite float > 0")
         require(self.r3f_noise_type in R3F_NOISE_TYPES, "r3f_noise_type", "'uniform' or 'normal'")

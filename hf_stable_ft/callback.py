@@ -21,7 +21,7 @@ from .architectures import ENCODER_LAYOUTS, unwrap_model
 from .args import StableTrainingArguments
 from .child_tuning import ChildTuningCallback
 from .diagnostics import callbacks_from_args
-from .optim import StableAdamW
+from .optim import StableAdamW, warn_if_anneal_misses_run
 from .optimizer_factory import StableOptimizerFactory, _require_state, create_stable_optimizer, stable_optimizer
 from .preparation import FineTuningState, get_fine_tuning_state, prepare_model
 from .settings_record import (
@@ -117,6 +117,7 @@ class StableFineTuningCallback(TrainerCallback):
                 f"{type(_unwrap_optimizer(optimizer)).__name__}; pass optimizer_cls_and_kwargs=stable_optimizer(args) "
                 "or use StableTrainer."
             )
+        warn_if_anneal_misses_run(stable_args.recadam_k, stable_args.recadam_t0, state.max_steps)
         task_model = unwrap_model(model) if model is not None else None
         multi = stable_args.gradient_accumulation_steps > 1 or stable_args.world_size > 1
         if multi and getattr(self, "_loss_kwargs_inferred", False):

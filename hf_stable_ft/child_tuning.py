@@ -194,7 +194,8 @@ class ChildTuningCallback(TrainerCallback):
             :class:`~hf_stable_ft.StableFineTuningCallback` does, so hyper-parameter-search trials get their own).
         p: p_F (keep probability) or p_D (kept fraction), in (0, 1].
         seed: seed of the F masks and of the Fisher pass's dropout (default ``args.seed``).
-        fisher_clip_norm: see :func:`fisher_information`.
+        fisher_clip_norm: see :func:`fisher_information`; default (None) ``child_tuning_fisher_clip`` of the
+            :class:`~hf_stable_ft.StableTrainingArguments` (None there too: the paper's unclipped equation).
         starting_weights: ``model -> {name: tensor}`` giving the weights fine-tuning started from, used by D when
             the model no longer holds them (resume); default the :class:`~hf_stable_ft.FineTuningState` snapshot.
     """
@@ -207,7 +208,7 @@ class ChildTuningCallback(TrainerCallback):
         if p is not None and not (isinstance(p, (int, float)) and 0 < p <= 1):
             raise ValueError(f"child_tuning_p={p!r} is invalid; allowed: a float in (0, 1]")
         self._fixed = (mode, p, seed)
-        self.fisher_clip_norm = fisher_clip_norm
+        self._fixed_clip = self.fisher_clip_norm = fisher_clip_norm
         self.starting_weights = starting_weights
         self.mode, self.p, self.seed = mode, p, seed
         self.masks: dict[str, torch.Tensor] | None = None
@@ -219,6 +220,8 @@ class ChildTuningCallback(TrainerCallback):
         self.mode = mode if mode is not None else getattr(args, "child_tuning_mode", None)
         self.p = p if p is not None else getattr(args, "child_tuning_p", 1.0)
         self.seed = seed if seed is not None else args.seed
+        self.fisher_clip_norm = (self._fixed_clip if self._fixed_clip is not None
+                                 else getattr(args, "child_tuning_fisher_clip", None))
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         self._resolve(args)
@@ -229,9 +232,10 @@ class ChildTuningCallback(TrainerCallback):
         self._params = [(n, p) for n, p in task_model.named_parameters() if p.requires_grad]
         if self.mode == "D" and self.p < 1:
             cached = self._mask_model() if self._mask_model is not None else None
-            if cached is not task_model or self._mask_key != (self.p, self.seed):
+            key = (self.p, self.seed, self.fisher_clip_norm)
+            if cached is not task_model or self._mask_key != key:
                 self.masks = self._fisher_masks(args, state, task_model, train_dataloader)
-                self._mask_model, self._mask_key = weakref.ref(task_model), (self.p, self.seed)
+                self._mask_model, self._mask_key = weakref.ref(task_model), key
 
     def _fisher_masks(self, args, state, task_model: nn.Module, train_dataloader) -> dict[str, torch.Tensor]:
         if train_dataloader is None:

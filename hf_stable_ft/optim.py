@@ -35,13 +35,16 @@ and passes ``found_inf``; the decay toward θ_pre is masked by it, the kernel sk
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
 
-__all__ = ["StableAdamW", "recadam_lambda"]
+__all__ = ["StableAdamW", "recadam_lambda", "warn_if_anneal_misses_run"]
+
+logger = logging.getLogger("hf_stable_ft")
 
 
 def recadam_lambda(t: float, k: float, t0: float) -> float:
@@ -52,6 +55,29 @@ def recadam_lambda(t: float, k: float, t0: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def warn_if_anneal_misses_run(k: float, t0: float, max_steps: int) -> bool:
+    """Log a warning (and return True) when RecAdam's anneal ``λ(t)`` (:func:`recadam_lambda`) does not cross ½
+    inside the run's ``max_steps`` updates: with ``t0 < 1`` λ(1) ≥ ½, so the encoder is never held at θ_pre (the
+    paper's schedule starts near 0; its script uses t₀ = 250); with ``t0 ≥ max_steps`` λ stays below ½ to the end,
+    so every task step of the encoder is damped by more than half. Nothing is changed: the run anneals as given."""
+    if k <= 0 or max_steps <= 0:
+        return False
+    if t0 < 1:
+        logger.warning(
+            "hf_stable_ft: recadam_t0=%s: RecAdam's lambda(t) = 1/(1 + exp(-k(t - t0))) is already %.2f at the first "
+            "update, so the encoder is never held at its pretrained weights; the paper anneals from near 0 (its script: "
+            "recadam_k=0.5, recadam_t0=250). Set recadam_t0 to the update where the task should take over.",
+            t0, recadam_lambda(1, k, t0))
+        return True
+    if t0 >= max_steps:
+        logger.warning(
+            "hf_stable_ft: recadam_t0=%s is not before the run's last update (%d updates): RecAdam's lambda(t) stays "
+            "below 1/2 to the end (%.2g at the last update), so every task step of the encoder is damped by more "
+            "than half. Use recadam_t0 well inside the run.", t0, max_steps, recadam_lambda(max_steps, k, t0))
+        return True
+    return False
 
 
 def _fused_supported(params: Iterable[Tensor]) -> bool:

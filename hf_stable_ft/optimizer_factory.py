@@ -53,6 +53,7 @@ def create_stable_optimizer(model: nn.Module, args: StableTrainingArguments) -> 
         layerwise_lr_decay=args.layerwise_lr_decay,
         pretrained_weight_decay=args.pretrained_weight_decay,
         pretrained_anchors=anchors,
+        anchor_all_pretrained=args.recadam_k > 0,
     )
     if args.recadam_k > 0:  # RecAdam anneals the groups that decay toward the pretrained weights (Chen et al. 2020)
         for group in groups:

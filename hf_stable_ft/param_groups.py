@@ -43,6 +43,7 @@ def build_param_groups(
     layerwise_lr_decay: float = 1.0,
     pretrained_weight_decay: float = 0.0,
     pretrained_anchors: Mapping[str, torch.Tensor] | None = None,
+    anchor_all_pretrained: bool = False,
 ) -> list[dict]:
     """Parameter groups combining ordinary weight decay, LLRD and pretrained weight decay.
 
@@ -58,6 +59,11 @@ def build_param_groups(
             (new head, re-initialised blocks) keeps ordinary ``weight_decay``.
         pretrained_anchors: name → θ_pre for the parameters that came from the checkpoint and were not
             re-initialised (see :func:`snapshot_parameters`). Required when ``pretrained_weight_decay > 0``.
+        anchor_all_pretrained: RecAdam's grouping (Chen et al. 2020; ``run_glue_with_RecAdam.py`` of
+            Sanyuan-Chen/RecAdam): *every* tensor in ``pretrained_anchors`` is decayed toward θ_pre — the 1-D ones
+            (biases, LayerNorm weights) in ``pretrained_no_decay`` groups without ordinary weight decay — and the
+            anchored matrices keep the ordinary ``weight_decay`` as well. False (Zhang et al.'s PriorWD): matrices
+            only, the pull toward θ_pre replacing their ordinary decay.
 
     Returns:
         Groups ordered top (head) to bottom (embeddings), each with keys ``params``, ``param_names``,
@@ -84,12 +90,16 @@ def build_param_groups(
     groups: dict[tuple[int, str, str], dict] = {}
     for name, param in named:
         distance, layer_group = position[name]
-        if name in anchors and uses_weight_decay(name, param):
+        decays = uses_weight_decay(name, param)
+        if name in anchors and decays:
             kind = "pretrained_decay"
-        elif uses_weight_decay(name, param):
+        elif name in anchors and anchor_all_pretrained:
+            kind = "pretrained_no_decay"
+        elif decays:
             kind = "decay"
         else:
             kind = "no_decay"
+        anchored = kind.startswith("pretrained")
         group = groups.setdefault(
             (distance, layer_group, kind),
             {
@@ -97,18 +107,19 @@ def build_param_groups(
                 "params": [],
                 "param_names": [],
                 "lr": lr * layerwise_lr_decay**distance,
-                "weight_decay": weight_decay if kind == "decay" else 0.0,
-                "pretrained_weight_decay": pretrained_weight_decay if kind == "pretrained_decay" else 0.0,
+                "weight_decay": weight_decay if kind == "decay" or (kind == "pretrained_decay" and anchor_all_pretrained)
+                else 0.0,
+                "pretrained_weight_decay": pretrained_weight_decay if anchored else 0.0,
             },
         )
         group["params"].append(param)
         group["param_names"].append(name)
-        if kind == "pretrained_decay":
+        if anchored:
             anchor = anchors[name]
             if anchor.shape != param.shape:
                 raise ValueError(f"anchor of {name!r} has shape {tuple(anchor.shape)}, parameter {tuple(param.shape)}")
             group.setdefault("anchors", []).append(anchor.to(device=param.device, dtype=param.dtype))
-    kind_order = {"decay": 0, "pretrained_decay": 1, "no_decay": 2}
+    kind_order = {"decay": 0, "pretrained_decay": 1, "pretrained_no_decay": 2, "no_decay": 3}
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0], kind_order[k[2]]))]
 
 

@@ -50,7 +50,7 @@ def _optimizer_description(args: StableTrainingArguments) -> str:
     if args.pretrained_weight_decay > 0:
         extras.append(f"pretrained WD {args.pretrained_weight_decay}")
         if args.recadam_k > 0:
-            extras.append(f"annealed by RecAdam (k={args.recadam_k}, t0={args.recadam_t0})")
+            extras.append(f"annealed by RecAdam (k={args.recadam_k}, t0={args.recadam_t0}) on every pretrained tensor")
     return f"StableAdamW, {mode}" + (f", {', '.join(extras)}" if extras else "")
 
 

@@ -559,8 +559,11 @@ def levene_test(a, b, center: str = "median") -> TestResult:
 def t_test(a, b, equal_var: bool = False) -> TestResult:
     """Two-sample t-test of equal means (``scipy.stats.ttest_ind``); Welch's test by default
     (``equal_var=False``), which does not assume the recipes have the same variance — they usually do
-    not. Two-sided; NaN when both groups are constant."""
+    not. Two-sided; NaN when both groups are constant (scipy then gives t = ±inf and p = 0 for different
+    means: with no spread in either group there is nothing to test the difference against)."""
     a, b = _two_groups(a, b)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return TestResult(math.nan, math.nan, "welch-t" if not equal_var else "student-t")
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         res = _sps.ttest_ind(a, b, equal_var=equal_var)

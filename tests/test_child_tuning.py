@@ -62,6 +62,14 @@ def test_fields_are_validated_at_construction(tmp_path):
     assert args.modifies_model and "child_tuning_mode=D" in args.settings_needing_callback()
     assert args.technique_settings()["child_tuning_mode"] == "D"
     assert not tiny_args(tmp_path / "o", child_tuning_mode="F").modifies_model  # F needs no snapshot
+    for bad in (0, -1.0, float("inf"), "1"):
+        with pytest.raises(ValueError, match=r"child_tuning_fisher_clip=.* is invalid; allowed: None or a finite float > 0"):
+            tiny_args(tmp_path / "o", child_tuning_mode="D", child_tuning_fisher_clip=bad)
+    for mode in (None, "F"):  # nothing to clip without D's Fisher pass: refused, not ignored
+        with pytest.raises(ValueError, match=r"child_tuning_fisher_clip=1.0 clips .*Fisher pass.*child_tuning_mode="):
+            tiny_args(tmp_path / "o", child_tuning_mode=mode, child_tuning_fisher_clip=1.0)
+    assert tiny_args(tmp_path / "o", child_tuning_mode="D", child_tuning_fisher_clip=1.0).technique_settings()[
+        "child_tuning_fisher_clip"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------- ChildTuning_F
@@ -203,6 +211,21 @@ def test_d_updates_only_the_child_network_and_decays_the_rest(tmp_path):
     mask = _child(decayed).masks[w]
     torch.testing.assert_close(parameters_of(decayed.model)[w][~mask], start[w][~mask] * (1 - 1e-3 * 0.1),
                                rtol=0, atol=1e-9)
+
+
+def test_the_released_codes_fisher_clipping_is_a_switch(tmp_path):
+    # AliceMind's ChildTuningD.py clips each tensor's batch gradient (to max_grad_norm) before squaring it; a clip
+    # this small makes every tensor's Fisher sum about the same, so the kept set moves to the small tensors
+    plain = _child(_d_trainer(tmp_path, tmp_path / "plain", save_strategy="no", max_steps=1))
+    clipped = _child(_d_trainer(tmp_path, tmp_path / "clip", save_strategy="no", max_steps=1,
+                                child_tuning_fisher_clip=1e-6))
+    assert plain.fisher_clip_norm is None and clipped.fisher_clip_norm == 1e-6
+    assert set(plain.masks) == set(clipped.masks)
+    assert any(not torch.equal(plain.masks[n], clipped.masks[n]) for n in plain.masks)
+    # a callback built with its own clip keeps it whatever the arguments say
+    own = ChildTuningCallback(fisher_clip_norm=0.5)
+    own._resolve(tiny_args(tmp_path / "o", child_tuning_mode="D", child_tuning_fisher_clip=1.0))
+    assert own.fisher_clip_norm == 0.5
 
 
 def test_fisher_pass_leaves_the_global_rng(tmp_path):

@@ -108,11 +108,12 @@ def test_early_in_the_anneal_the_encoder_is_held_at_the_pretrained_weights(tmp_p
     trainer = _train(tmp_path, tmp_path / "held")
     start = get_fine_tuning_state(trainer.model).initial_parameters
     now = parameters_of(trainer.model)
-    groups = trainer.optimizer.optimizer.param_groups if hasattr(trainer.optimizer, "optimizer") else \
-        trainer.optimizer.param_groups
+    groups = _param_groups(trainer)
     anchored = {id(p) for g in groups if g["pretrained_weight_decay"] > 0 for p in g["params"]}
     encoder = [n for n, p in trainer.model.named_parameters() if id(p) in anchored]
-    assert len(encoder) > 5 and all(n.startswith("bert.") for n in encoder)
+    # every pretrained tensor, biases and LayerNorm included, as in the paper's script (nothing re-initialised here)
+    assert set(encoder) == {n for n in now if n.startswith("bert.")}
+    assert any(now[n].dim() == 1 for n in encoder)
     assert all(torch.equal(now[n], start[n]) for n in encoder)
     assert not torch.equal(now["classifier.weight"], tiny_model("bert", tmp_path).classifier.weight)
     assert {g["recadam_k"] for g in groups if g["pretrained_weight_decay"] > 0} == {1.0}
@@ -120,6 +121,50 @@ def test_early_in_the_anneal_the_encoder_is_held_at_the_pretrained_weights(tmp_p
     # past t0 the task step is back: with t0 = 0, lambda >= 1/2 from the first update, the encoder moves
     moved = _train(tmp_path, tmp_path / "moved", recadam_t0=0.0)
     assert any(not torch.equal(parameters_of(moved.model)[n], start[n]) for n in encoder)
+
+
+def _param_groups(trainer):
+    optimizer = trainer.optimizer
+    return (optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).param_groups
+
+
+def test_the_groups_are_the_papers_script(tmp_path):
+    """Chen et al.'s run_glue_with_RecAdam.py: every pretrained (encoder) tensor gets the anneal and the pull toward
+    theta_pre, its matrices keep the ordinary weight decay too and its biases / LayerNorm weights none; the new head
+    trains with plain AdamW (weight decay on its matrix). Plain pretrained weight decay (Zhang et al.'s PriorWD)
+    still anchors matrices only."""
+    trainer = _train(tmp_path, tmp_path / "groups", weight_decay=0.1)
+    group_of = {name: g for g in _param_groups(trainer) for name in g["param_names"]}
+    for name, param in trainer.model.named_parameters():
+        group, matrix = group_of[name], param.dim() >= 2
+        assert group["weight_decay"] == (0.1 if matrix else 0.0), name
+        if name.startswith("bert."):
+            assert (group["pretrained_weight_decay"], group["recadam_k"], group["recadam_t0"]) == (1.0, 1.0, 100.0), name
+        else:
+            assert group["pretrained_weight_decay"] == 0 and group.get("recadam_k", 0) == 0, name
+    plain = StableTrainer(model=tiny_model("bert", tmp_path), train_dataset=RandomClassificationDataset(),
+                          args=tiny_args(tmp_path / "plain", max_steps=1, pretrained_weight_decay=1.0, weight_decay=0.1))
+    plain.train()
+    anchored = {n for g in _param_groups(plain) if g["pretrained_weight_decay"] > 0 for n in g["param_names"]}
+    assert anchored == {n for n, p in plain.model.named_parameters() if n.startswith("bert.") and p.dim() >= 2}
+    assert {g["weight_decay"] for g in _param_groups(plain) if g["pretrained_weight_decay"] > 0} == {0.0}
+
+
+def test_an_anneal_that_misses_the_run_is_named_at_train_start(tmp_path, caplog):
+    from hf_stable_ft.optim import warn_if_anneal_misses_run
+
+    with caplog.at_level("WARNING", logger="hf_stable_ft"):
+        assert warn_if_anneal_misses_run(0.1, 0.0, 189)  # lambda(1) >= 1/2: never held at theta_pre
+        assert "recadam_t0=0.0" in caplog.text and "never held" in caplog.text
+        caplog.clear()
+        assert warn_if_anneal_misses_run(0.5, 250.0, 189)  # lambda < 1/2 to the end: the task step stays damped
+        assert "recadam_t0=250.0" in caplog.text and "189" in caplog.text
+        caplog.clear()
+        assert not warn_if_anneal_misses_run(0.1, 50.0, 189)
+        assert not warn_if_anneal_misses_run(0.0, 0.0, 189)  # RecAdam off
+        assert caplog.text == ""
+        _train(tmp_path, tmp_path / "t0", recadam_t0=0.0)
+        assert "recadam_t0=0.0" in caplog.text
 
 
 def test_resume_continues_exactly_and_other_settings_are_refused(tmp_path):
@@ -164,6 +209,6 @@ def test_the_settings_record_names_recadams_annealing(tmp_path):
 
     args = tiny_args(tmp_path, pretrained_weight_decay=0.01, recadam_k=0.1, recadam_t0=50)
     assert _optimizer_description(args) == ("StableAdamW, bias-corrected AdamW, pretrained WD 0.01, annealed by "
-                                            "RecAdam (k=0.1, t0=50)")
+                                            "RecAdam (k=0.1, t0=50) on every pretrained tensor")
     plain = tiny_args(tmp_path, pretrained_weight_decay=0.01)
     assert "RecAdam" not in _optimizer_description(plain)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from tiny_models import TINY_CONFIGS, tiny_model
@@ -41,8 +43,29 @@ def test_reinit_touches_exactly_top_blocks_and_pooler(model_type, tmp_path):
         else:
             # saved-and-reloaded weights carry _is_hf_initialized: make sure they really were re-drawn
             assert not torch.equal(value, before[name]), f"{name} was not re-drawn"
-            if value.numel() >= 512:
+            if value.numel() >= 512 and not get_encoder_layout(model).out_projections:  # ModernBERT: test below
                 assert value.std().item() == pytest.approx(0.02, rel=0.2), name
+
+
+def test_modernbert_is_redrawn_as_its_own_init_draws_it(tmp_path):
+    # ModernBertPreTrainedModel._init_weights written out: a normal truncated at +-cutoff*std, with std =
+    # initializer_range for Wqkv / Wi and initializer_range / sqrt(2 * num_hidden_layers) for attn.Wo, mlp.Wo and
+    # head.dense. A normal truncated at +-c*std has standard deviation std * sqrt(1 - 2c*phi(c) / (2*Phi(c) - 1)).
+    model = tiny_model("modernbert", tmp_path, num_layers=3)
+    config = model.config
+    cutoff, base = config.initializer_cutoff_factor, config.initializer_range
+    assert (cutoff, base) == (2.0, 0.02)
+    shrink = math.sqrt(1 - 2 * cutoff * math.exp(-cutoff**2 / 2) / math.sqrt(2 * math.pi) / math.erf(cutoff / math.sqrt(2)))
+    names = reinit_top_layers(model, 2, reinit_pooler=True, seed=0)
+    params = dict(model.named_parameters())
+    drawn = [n for n in names if params[n].dim() >= 2]
+    out = [n for n in drawn if n.endswith(("attn.Wo.weight", "mlp.Wo.weight", "head.dense.weight"))]
+    assert len(out) == 5 and len(drawn) == 9
+    for name in drawn:
+        std = base / math.sqrt(2 * 3) if name in out else base
+        value = params[name]
+        assert value.abs().max().item() <= cutoff * std * (1 + 1e-6), name
+        assert value.std().item() == pytest.approx(std * shrink, rel=0.15), name
 
 
 def test_reinit_is_seeded_and_leaves_global_rng_alone(tmp_path):

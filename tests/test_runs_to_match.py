@@ -99,3 +99,20 @@ def test_rejects_bad_scores():
         runs_to_match(VAL, TEST, float("nan"))
     with pytest.raises(ValueError, match="recipe_test is empty"):
         runs_to_match(VAL, TEST, [])
+
+
+def test_the_never_clause_says_whether_the_baseline_levels_off_below_or_is_just_too_slow():
+    from hf_stable_ft.report.markdown import _match_clause
+
+    # a baseline whose best-on-validation run (test 0.9) beats the target 0.88 but is drawn so rarely that 100
+    # runs do not get there: "levels off at 90" would contradict "never reaches 88"
+    val = np.arange(40.0)
+    test = np.r_[np.full(39, 0.5 * 39 / 39), 0.9]
+    res = runs_to_match(val, test, 0.88, max_runs=100, n_bootstrap=50).as_dict()
+    assert res["k"] is None and res["asymptote"] == pytest.approx(0.9) and res["curve"][-1] < 0.88
+    text = _match_clause("rec", "base", res, 100.0, 1)
+    assert "levels off" not in text
+    assert "approaches 90.0" in text and f"{100 * res['curve'][-1]:.1f} after 100 runs" in text
+    # below the target: it levels off short of it
+    low = runs_to_match(val, np.r_[np.full(39, 0.5), 0.6], 0.88, max_runs=100, n_bootstrap=50).as_dict()
+    assert "levels off at 60.0" in _match_clause("rec", "base", low, 100.0, 1)

@@ -209,6 +209,15 @@ def test_tests_need_two_scores_and_handle_constants():
     with pytest.raises(ValueError, match="at least 2"):
         t_test([1.0, 2.0], [3.0])
     assert math.isnan(levene_test([1.0, 1.0], [2.0, 2.0]).pvalue)
+    # two recipes that each give one score every run (two collapsed recipes) have no spread to test: undefined, as
+    # the docstring says, not "p = 0, significant" (scipy's t is then -inf)
+    const = t_test([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+    assert math.isnan(const.pvalue) and math.isnan(const.statistic)
+    row = compare_to_baseline({"base": [2.0, 2.0, 2.0], "other": [1.0, 1.0, 1.0]}, "base")["other"]
+    assert row["t_p"] is None and row["levene_p"] is None and row["mean_diff"] == -1.0
+    # one constant group is fine: Welch's test still has the other's variance
+    assert t_test([1.0, 1.0, 1.0], [2.0, 2.5, 3.0]).pvalue == pytest.approx(
+        sps.ttest_ind([1.0, 1.0, 1.0], [2.0, 2.5, 3.0], equal_var=False).pvalue)
 
 
 def test_compare_to_baseline():

@@ -55,9 +55,15 @@ def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int) -
     ci = f" ({m.get('confidence', 95):g}% bootstrap interval: {_k_range(lo, hi, max_runs)})"
     if k is None:
         p_never = 1.0 - float(m.get("p_within") or 0.0)
+        target, asymptote, curve = m.get("target"), m.get("asymptote"), m.get("curve") or []
+        if _num(asymptote) is not None and _num(target) is not None and asymptote >= target and curve:
+            # the best-on-validation run is better than the target, but drawn too rarely for max_runs to get there
+            limit = (f"the best-on-validation of many {base} runs approaches {_fmt(asymptote, scale, digits)} but "
+                     f"is still at {_fmt(curve[-1], scale, digits)} after {max_runs} runs")
+        else:
+            limit = f"the best-on-validation of many {base} runs levels off at {_fmt(asymptote, scale, digits)}"
         return (f"no number of {base} runs up to {max_runs} reaches one {name} run: one {name} run averages "
-                f"{_fmt(m.get('target'), scale, digits)}, the best-on-validation of many {base} runs levels off at "
-                f"{_fmt(m.get('asymptote'), scale, digits)} (never within {max_runs} runs in {p_never:.0%} of "
+                f"{_fmt(target, scale, digits)}, {limit} (never within {max_runs} runs in {p_never:.0%} of "
                 "bootstrap resamples over seeds)")
     if k == 1:
         return f"one {base} run already matches one {name} run on average{ci}"
