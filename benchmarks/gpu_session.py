@@ -13,7 +13,8 @@ In order, each step with its share of what is left of ``--budget`` (seconds):
 4. mixed precision on the full plugin path (``bench_amp.py --device cuda``);
 5. runs per hour with 1, 4 and 8 runs packed on the GPU (``bench_sweep.py``), with what time is left.
 
-Everything it writes goes under ``--out``: ``stability_gpu/<cell>/runs.jsonl``, the tables ``cost_cuda.md``,
+Everything it writes goes under ``--out``: ``stability_gpu/<cell>/runs.jsonl.gz`` (the committed records and
+the new ones), the tables ``cost_cuda.md``,
 ``scale_cuda.md``, ``amp_cuda.md``, ``sweep_cuda.md``, a log per step (``tests.log``: the CUDA tests;
 ``stability<N>.log``: pass N) and ``timings.json`` (what each step took: the GPU time used); ``--bundle`` packs it
 into one ``.tgz`` after every step (the device returns at most 8 files from ``$OUT``). Back here, unpack it, copy

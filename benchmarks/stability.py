@@ -4,7 +4,9 @@ Each cell is one sweep directory (``runs.jsonl`` / ``report.md``, as ``hf-stable
 :func:`hf_stable_ft.experiment.run_sweep` on a sweep backend: worker processes by default (``--workers N``: on a
 GPU, N small-model runs share the card; on CPU one thread each), or Ray (``--backend ray``). The cells are visited
 in blocks of ``--seed-block`` seeds, seed-major within a cell, so a time box (``--budget``) leaves every cell and
-recipe with about the same seeds; it is resumable: finished runs are skipped and the next call continues.
+recipe with about the same seeds; it is resumable: finished runs are skipped and the next call continues. Each
+block's records are compressed into the cell's committed ``runs.jsonl.gz`` as soon as the block ends, and the report
+is written from the same records, so a commit never carries a report whose runs it lacks.
 
     python benchmarks/stability.py --output benchmarks/results/stability --workers 12 --budget 540
     python benchmarks/stability.py --output ... --cells cola-1k-lr2e-5 --seeds 4   # a smaller CPU run
@@ -37,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from records_archive import restore_records
+from records_archive import archive_records, restore_records
 
 BASE_3EP = "debiased3ep=devlin2019:adam_bias_correction=true"
 SINGLE_TECHNIQUES = [
@@ -115,6 +117,25 @@ def restore_cells(output: Path, chosen: list[Cell]) -> dict[str, int]:
     ``runs.jsonl`` lacks archived records. Returns the number of records restored per cell (where any were)."""
     restored = {cell.name: restore_records(output / cell.name) for cell in chosen if (output / cell.name).is_dir()}
     return {name: count for name, count in restored.items() if count}
+
+
+def finish_cells(output: Path, chosen: list[Cell], write_report) -> dict[str, int]:
+    """Write each chosen cell's report and compress its records into the committed ``runs.jsonl.gz``, so the
+    report and the archive a commit carries always hold the same runs (the git-ignored ``runs.jsonl`` is lost with
+    the checkout). ``write_report(directory, baseline_recipe=...)`` is :func:`hf_stable_ft.report.write_report`.
+    Returns the number of records archived per cell that has any."""
+    archived = {}
+    for cell in chosen:
+        directory = output / cell.name
+        if not directory.is_dir():
+            continue
+        restore_records(directory)  # the archive alone, when the last block's records were archived already
+        if not (directory / "runs.jsonl").exists():
+            continue
+        write_report(directory, baseline_recipe="devlin2019" if "devlin2019" in [
+            r.split("=", 1)[0] for r in cell.recipes] else None)
+        archived[cell.name] = archive_records(directory)
+    return archived
 
 
 def _config(cell: Cell, model: str, data_dir: str | None, intermediate_dir: Path | None):
@@ -217,10 +238,9 @@ def main() -> None:
             restore_records(output / cell.name)  # again: run_all.py may have archived the cell since the last block
             run_sweep(config, output / cell.name, resume=True, progress=True, backend=backend, stop_at=deadline,
                       prepared=prepared[cell.name])
-    for cell in chosen:
-        if (output / cell.name / "runs.jsonl").exists():
-            write_report(output / cell.name, baseline_recipe="devlin2019" if "devlin2019" in [
-                r.split("=", 1)[0] for r in cell.recipes] else None)
+            archive_records(output / cell.name)  # a block's runs reach the committed archive as soon as it ends
+    for name, count in finish_cells(output, chosen, write_report).items():
+        print(f"{name}: {count} record(s) in runs.jsonl.gz", flush=True)
     print("done", file=sys.stderr)
 
 

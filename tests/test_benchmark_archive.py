@@ -168,3 +168,31 @@ def test_run_all_skips_a_cell_a_sweep_is_writing_and_archives_the_others(tmp_pat
     out = capsys.readouterr().out
     assert "skipped benchmarks/results/stability_cpu/a-cell: a sweep is writing it" in out
     assert "archived 2 records of benchmarks/results/stability_gpu/b-cell" in out
+
+
+def test_the_stability_script_archives_what_its_report_shows_when_it_ends(tmp_path):
+    """Reported defect (2026-12-05): a sweep finished and wrote its report, but its new records stayed in the
+    git-ignored ``runs.jsonl`` until someone ran ``run_all.py``; a checkout that kept only the committed files
+    kept a report of 20 runs whose records were gone. The script now leaves each cell's report and archive in
+    step: every reported run is in ``runs.jsonl.gz``."""
+    stability = _load("stability")
+    cell = _cell(tmp_path, gz=_lines(0, 1), plain=_lines(0, 1, 2))
+    untouched = tmp_path / "rte-1k-lr1e-4"  # chosen but never run: nothing is created there
+    chosen = [c for c in stability.cells(20, 5) if c.name in ("cola-1k-lr1e-4", "rte-1k-lr1e-4")]
+    reported = []
+    assert stability.finish_cells(tmp_path, chosen, lambda directory, **_: reported.append(
+        [r.run_id for r in read_records(directory)])) == {"cola-1k-lr1e-4": 3}
+    assert reported == [["reinit2/seed=0", "reinit2/seed=1", "reinit2/seed=2"]]
+    assert gzip.decompress((cell / "runs.jsonl.gz").read_bytes()) == _lines(0, 1, 2)
+    assert not (cell / "runs.jsonl").exists() and not untouched.exists()
+
+
+def test_the_stability_script_reports_from_the_archive_alone(tmp_path):
+    """A cell whose records were archived between blocks (by the script or by run_all.py) is still reported."""
+    stability = _load("stability")
+    cell = _cell(tmp_path, gz=_lines(0, 1))
+    chosen = [c for c in stability.cells(20, 5) if c.name == "cola-1k-lr1e-4"]
+    reported = []
+    assert stability.finish_cells(tmp_path, chosen, lambda directory, **_: reported.append(
+        len(read_records(directory)))) == {"cola-1k-lr1e-4": 2}
+    assert reported == [2] and gzip.decompress((cell / "runs.jsonl.gz").read_bytes()) == _lines(0, 1)
