@@ -337,6 +337,15 @@ def _fresh_model(prepared: PreparedTask, seed: int):
     return model
 
 
+def _model_or_init(args: TrainingArguments, build, built=None) -> dict[str, Any]:
+    """The Trainer's ``model=`` (``built``, else ``build()``), or ``model_init=build`` where
+    ``restart_degenerate_runs`` rebuilds the model for each attempt (``StableTrainer`` seeds attempt k with
+    ``args.seed + k`` before it calls ``model_init``, so attempt k is the model a first try with that seed gets)."""
+    if getattr(args, "restart_degenerate_runs", 0) > 0:
+        return {"model_init": lambda trial=None: build()}
+    return {"model": build() if built is None else built}
+
+
 def _device_name(args: TrainingArguments) -> str:
     device = args.device
     if device.type == "cuda":
@@ -426,10 +435,9 @@ def run_single(
     eval_splits = eval_splits_of(prepared)
     args = _run_arguments(recipe, seed, output_dir, training, evaluations_per_run, info.primary_metric,
                           save_best=save_best_to is not None)
-    model = _fresh_model(prepared, seed)
     trainer_cls = Trainer if recipe.is_stock else StableTrainer
     trainer = trainer_cls(
-        model=model,
+        **_model_or_init(args, lambda: _fresh_model(prepared, args.seed)),
         args=args,
         train_dataset=prepared.datasets["train"],
         eval_dataset={split: prepared.datasets[split] for split in eval_splits},
@@ -1085,13 +1093,16 @@ def train_once(task: str | None, model: str | None = None, training: dict[str, A
                            max_length=max_length, train_size=train_size, protocol=protocol)
     if spec is not None:
         print(f"hf-stable-ft: {info.describe()}", file=sys.stderr, flush=True)
-    net = _from_model(lambda: AutoModelForSequenceClassification.from_pretrained(
-        source, **info.model_kwargs(), dtype=torch.float32, ignore_mismatched_sizes=True), source, "model")
+    def load():
+        return _from_model(lambda: AutoModelForSequenceClassification.from_pretrained(
+            source, **info.model_kwargs(), dtype=torch.float32, ignore_mismatched_sizes=True), source, "model")
+
+    net = load()
     _check_lengths(data, tokenizer, net.config, max_length)
     _make_output_dir(output)
     _check_writable(output)
     trainer = StableTrainer(
-        model=net, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+        **_model_or_init(args, load, built=net), args=args, train_dataset=data["train"], eval_dataset=data["validation"],
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
         compute_metrics=compute_metrics_for(info),
     )

@@ -156,6 +156,16 @@ def test_train_command_saves_model_and_metrics(tiny, tmp_path):
     assert "validation/eval_accuracy" in results
 
 
+def test_train_command_with_restarts_trains_instead_of_refusing(tiny, tmp_path):
+    """Reported defect (2026-12-05): ``train --restart_degenerate_runs 1`` always ended in "needs model_init"
+    (train_once built its StableTrainer with model=)."""
+    out = tmp_path / "train"
+    assert main(["train", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"],
+                 "--output_dir", str(out), "--abort_degenerate_runs", "true", "--restart_degenerate_runs", "1",
+                 *FAST]) == 0
+    assert (out / "model.safetensors").exists()
+
+
 def test_transfer_runs_both_stages_with_the_label_mapped_head(tiny, tmp_path):
     out = tmp_path / "transfer"
     assert main(["transfer", "--intermediate-task", "mnli_subset", "--task", "rte", "--model", tiny["model"],

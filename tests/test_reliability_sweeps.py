@@ -362,6 +362,34 @@ def test_the_report_shows_a_restarted_run_as_restarted_never_as_a_first_try_succ
     assert "restarted after 1 degenerate attempt(s) (seed(s) 0); the model scored is seed 1's" in alarms
 
 
+RESTART = "restart1=devlin2019:adam_bias_correction=true:abort_degenerate_runs=true:restart_degenerate_runs=1"
+
+
+def test_a_sweep_run_with_restarts_restarts_instead_of_failing(tiny, tmp_path, monkeypatch):
+    """Reported defect (2026-12-05): every sweep run of a recipe with restart_degenerate_runs > 0 was recorded as
+    failed ("restart_degenerate_runs=1 ... needs model_init"): run_single built its StableTrainer with model=.
+    Now the sweep gives such a run a model_init, and the restarted attempt is the run a first try with the next
+    seed would have been."""
+    _nan_from(monkeypatch, step=2, seed=0)  # seed 0 collapses to NaN from update 2; seed 1 does not
+    out = tmp_path / "sweep"
+    run_sweep(_config(tiny, recipes=(RESTART,), seeds=(0,), max_steps=4), out, progress=False)
+    record = read_finished_runs(out / "runs.jsonl")["restart1/seed=0"]
+    assert record["status"] == "finished" and record["error"] is None
+    restarts = record["settings"]["hf_stable_ft_restarts"]
+    assert [(a["seed"], a["degenerate"]) for a in restarts["attempts"]] == [(0, True), (1, False)]
+    assert restarts["healthy"] is True and restarts["returned_attempt"] == 1
+    assert record["nonfinite_loss_step"] is None and record["global_step"] == 4
+
+    plain = tmp_path / "plain"  # the same recipe's first try with seed 1
+    run_sweep(_config(tiny, recipes=(RESTART,), seeds=(1,), max_steps=4), plain, progress=False)
+    first_try = read_finished_runs(plain / "runs.jsonl")["restart1/seed=1"]
+    assert first_try["settings"]["hf_stable_ft_restarts"]["restarted"] is False
+    assert [e["validation"] for e in record["eval_history"]] == [e["validation"] for e in first_try["eval_history"]]
+    assert record["train_loss"] == first_try["train_loss"]
+    md = write_report(out, figures=False).read_text()
+    assert "restarted after 1 degenerate attempt(s) (seed(s) 0); the model scored is seed 1's" in md
+
+
 # ---------------------------------------------------------------- bad input: exit code 2, one line, nothing written
 
 
