@@ -23,8 +23,8 @@ per class into validation and test, test score at the best validation checkpoint
   the same with bias correction.
 * ``<task>-full-lr2e-5``: the whole training set, devlin2019 / stock / mosbach2021 / zhang2021.
 * ``sst2-1k-lr2e-5``: a task where every recipe learns; the presets, the bias-corrected base and the later
-  stabilisers (NoisyTune, ChildTuning F/D, R3F, EMA, SWA, RecAdam) on it and on ``zhang2021``; the 1k cells carry
-  the later stabilisers too (issue #17).
+  stabilisers (NoisyTune, ChildTuning F/D, R3F, EMA, SWA, RecAdam, restarts of a degenerate seed) on it and on
+  ``zhang2021``; the 1k cells carry the later stabilisers too (issue #17).
 * ``rte-1k-intermediate`` / ``-freshhead``: RTE from the MNLI_subset checkpoint (trained first, once), with the
   label-mapped MNLI head and with a fresh head.
 """
@@ -56,7 +56,9 @@ SINGLE_TECHNIQUES = [
 #: gamma = 5000 (lr*gamma = 0.1-0.5 per update) and t0 = 50 of 189 updates (the paper's 250 is for runs of
 #: thousands); ChildTuning p as the paper's middle values. The cells' older "recadam" records (gamma 0.01, the
 #: encoder's matrices only: the library before 2026-12-05) stay in their files and reports under that label; it is
-#: not run again, since today's code anchors every pretrained tensor.
+#: not run again, since today's code anchors every pretrained tensor. restart2: the degenerate-run alarm's loss test
+#: at 30% of the updates (its default) stops a seed whose training loss is not yet below the constant predictor's,
+#: and up to two re-draws follow (seeds s+1, s+2); a run whose every attempt was stopped stays aborted (degenerate).
 LATER_TECHNIQUES = [
     "noisytune0.15=devlin2019:adam_bias_correction=true:noisytune_intensity=0.15",
     "childF0.3=devlin2019:adam_bias_correction=true:child_tuning_mode=F:child_tuning_p=0.3",
@@ -65,6 +67,8 @@ LATER_TECHNIQUES = [
     "ema0.99=devlin2019:adam_bias_correction=true:weight_averaging=ema:ema_decay=0.99",
     "swa0.75=devlin2019:adam_bias_correction=true:weight_averaging=swa:swa_start_fraction=0.75",
     "recadam5000=devlin2019:adam_bias_correction=true:pretrained_weight_decay=5000:recadam_k=0.1:recadam_t0=50",
+    "restart2=devlin2019:adam_bias_correction=true:abort_degenerate_runs=true:degenerate_check_fraction=0.3"
+    ":restart_degenerate_runs=2",
 ]
 #: The same on top of zhang2021 (the question Zhang et al. asked of Mixout and LLRD).
 LATER_ON_ZHANG = [
@@ -75,6 +79,7 @@ LATER_ON_ZHANG = [
     "zhang+ema0.999=zhang2021:weight_averaging=ema:ema_decay=0.999",
     "zhang+swa0.75=zhang2021:weight_averaging=swa:swa_start_fraction=0.75",
     "zhang+recadam5000=zhang2021:pretrained_weight_decay=5000:recadam_k=0.1:recadam_t0=250",
+    "zhang+restart2=zhang2021:abort_degenerate_runs=true:degenerate_check_fraction=0.3:restart_degenerate_runs=2",
 ]
 PRESETS = ["devlin2019", "stock", "mosbach2021", "zhang2021"]
 INTERMEDIATE = "intermediate=devlin2019:adam_bias_correction=true"
