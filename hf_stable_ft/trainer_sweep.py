@@ -179,6 +179,12 @@ def _checked_trainer(make_trainer: Callable, args: TrainingArguments, metric: st
         raise ValueError(f"make_trainer returned a {type(trainer).__name__} without StableFineTuningCallback for a "
                          "stabilised recipe: build hf_stable_ft.trainer_class_for(args)(...) (StableTrainer here), or "
                          "pass callbacks=[StableFineTuningCallback()] and the optimizer of stable_optimizer(args)")
+    restarts = getattr(args, "restart_degenerate_runs", 0)
+    if restarts > 0 and trainer.model_init is None:
+        raise ValueError(f"restart_degenerate_runs={restarts} rebuilds the model for each attempt, but make_trainer's "
+                         "Trainer was built with model=...: build it with model_init=lambda trial=None: "
+                         "AutoModelForSequenceClassification.from_pretrained(...) (called after the attempt's seed is "
+                         "set) instead")
     if trainer.train_dataset is None:
         raise ValueError("make_trainer's Trainer has no train_dataset")
     if trainer.compute_metrics is None:
@@ -251,17 +257,19 @@ def _constant_scores(trainer: Trainer, task: Task, splits: dict[str, Any]) -> tu
 
 def _prepare(make_trainer: Callable, config: TrainerSweepConfig, recipes, majority_baseline, constant_loss,
              probe_dir: str) -> TrainerFactoryTask:
-    """Call ``make_trainer`` once per kind of arguments (stock / stabilised) and check what it returns; compute the
-    task, the splits and the baseline from the first Trainer. Nothing of these probe Trainers is trained."""
+    """Call ``make_trainer`` once per kind of arguments (stock / stabilised / with restarts) and check what it
+    returns; compute the task, the splits and the baseline from the first Trainer. Nothing of these probe Trainers
+    is trained."""
     first = None
     kinds_seen = set()
-    for spec in recipes:
-        kind = "stock" if spec.is_stock else "stable"
+    for spec in recipes:  # one probe per kind of Trainer the factory must build
+        args = _run_arguments(spec, config.seeds[0], probe_dir, config.training, config.evaluations_per_run,
+                              config.metric)
+        kind = "stock" if spec.is_stock else (
+            "restarts" if getattr(args, "restart_degenerate_runs", 0) > 0 else "stable")  # needs model_init
         if kind in kinds_seen:
             continue
         kinds_seen.add(kind)
-        args = _run_arguments(spec, config.seeds[0], probe_dir, config.training, config.evaluations_per_run,
-                              config.metric)
         try:
             trainer = _checked_trainer(make_trainer, args, config.metric)
         except TypeError as error:

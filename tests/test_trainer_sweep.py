@@ -117,6 +117,30 @@ def test_a_factory_that_gets_it_wrong_is_refused_before_anything_is_written(prep
     assert not (tmp_path / "out").exists()
 
 
+def test_a_restart_recipe_with_a_factory_that_passes_model_is_refused_before_anything_is_written(prepared, tmp_path):
+    """restart_degenerate_runs rebuilds the model for each attempt, so it needs model_init; a factory that passes
+    model= used to fail each run of that recipe at train time (recorded failed) after the others had run. The probe
+    Trainer is now built for a restart recipe too, and refused naming the recipe and the fix."""
+    restart = "restart1=devlin2019:abort_degenerate_runs=true:restart_degenerate_runs=1"
+    with pytest.raises(ValueError) as raised:
+        _sweep(prepared, tmp_path / "out", recipes=("devlin2019", restart))
+    message = str(raised.value)
+    assert "make_trainer for recipe 'restart1'" in message and "restart_degenerate_runs=1" in message
+    assert "model_init" in message
+    assert not (tmp_path / "out").exists()
+
+    def with_model_init(args):  # the fix the message names
+        return trainer_class_for(args)(
+            model_init=lambda trial=None: experiment._fresh_model(prepared, args.seed), args=args,
+            train_dataset=prepared.datasets["train"],
+            eval_dataset={"validation": prepared.datasets["validation"], "test": prepared.datasets["test"]},
+            data_collator=DataCollatorWithPadding(prepared.tokenizer), processing_class=prepared.tokenizer,
+            compute_metrics=compute_metrics_for(prepared.task))
+    runs = read_finished_runs(_sweep(prepared, tmp_path / "ok", recipes=(restart,), make_trainer=with_model_init))
+    assert runs["restart1/seed=0"]["status"] == "finished"
+    assert runs["restart1/seed=0"]["settings"]["hf_stable_ft_restarts"]["attempts"][0]["seed"] == 0
+
+
 def test_a_metric_missing_from_compute_metrics_is_refused_listing_the_keys(prepared, tmp_path):
     with pytest.raises(ValueError, match=r"metric='accuracy' is not in compute_metrics' result \(keys: \['f1'\]\)"):
         _sweep(prepared, tmp_path / "out", make_trainer=factory(prepared, metrics=lambda p: {"f1": 0.5}))
