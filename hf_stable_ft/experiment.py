@@ -54,7 +54,7 @@ from transformers.trainer_utils import set_seed
 from .args import StableTrainingArguments
 from .callback import get_fine_tuning_state
 from .recipe_variants import STOCK, RecipeSpec, build_arguments, parse_recipe  # noqa: F401  (STOCK re-exported)
-from .restarts import RESTARTS_KEY
+from .restarts import RESTARTS_KEY, requested_restarts
 from .settings_record import SETTINGS_KEY
 from .data import DataSpec, get_task_info, load_task
 from .metrics import compute_metrics_for, constant_baseline, constant_prediction_loss
@@ -341,7 +341,7 @@ def _model_or_init(args: TrainingArguments, build, built=None) -> dict[str, Any]
     """The Trainer's ``model=`` (``built``, else ``build()``), or ``model_init=build`` where
     ``restart_degenerate_runs`` rebuilds the model for each attempt (``StableTrainer`` seeds attempt k with
     ``args.seed + k`` before it calls ``model_init``, so attempt k is the model a first try with that seed gets)."""
-    if getattr(args, "restart_degenerate_runs", 0) > 0:
+    if requested_restarts(args):
         return {"model_init": lambda trial=None: build()}
     return {"model": build() if built is None else built}
 

@@ -52,6 +52,22 @@ logger = logging.getLogger("hf_stable_ft")
 RESTARTS_KEY = "hf_stable_ft_restarts"
 
 
+def requested_restarts(args) -> int:
+    """``args.restart_degenerate_runs`` (0 for a stock ``TrainingArguments``, which has no such field)."""
+    return getattr(args, "restart_degenerate_runs", 0) or 0
+
+
+def model_init_refusal(args, model_init) -> str | None:
+    """Why a Trainer with ``args`` and ``model_init`` cannot restart (the message names the fix), or None."""
+    limit = requested_restarts(args)
+    if limit > 0 and model_init is None:
+        return (f"restart_degenerate_runs={limit} rebuilds the model from the pretrained weights for each attempt, "
+                "which needs model_init: build the Trainer with model_init=lambda trial=None: "
+                "AutoModelForSequenceClassification.from_pretrained(...) (called after the attempt's seed is set) "
+                "instead of model=...")
+    return None
+
+
 def attempt_seeds(seed: int, data_seed: int | None, attempt: int) -> tuple[int, int | None]:
     """Attempt ``attempt``'s seeds: ``seed + attempt`` and ``data_seed + attempt`` (None stays None)."""
     return seed + attempt, (None if data_seed is None else data_seed + attempt)

@@ -17,7 +17,8 @@ from .callback import StableFineTuningCallback
 from .diagnostics import place_before_reporters
 from .optimizer_factory import create_stable_optimizer
 from .preparation import prepare_model
-from .restarts import RESTARTS_KEY, RestartRecordCallback, attempt_seeds, first_alarm, move_checkpoints_aside, read_restart_record
+from .restarts import (RESTARTS_KEY, RestartRecordCallback, attempt_seeds, first_alarm, model_init_refusal,
+                       move_checkpoints_aside, read_restart_record)
 from .settings_record import _resume_refusal, checkpoint_settings_mismatch, read_checkpoint_settings
 from .weight_averaging import WeightAveragingCallback
 
@@ -174,12 +175,9 @@ class StableTrainer(Trainer):
         :mod:`hf_stable_ft.restarts`). Returns the first healthy attempt's output (or the last attempt's)."""
         limit = self.args.restart_degenerate_runs
         trial = kwargs.get("trial", args[0] if args else None)
-        if self.model_init is None:
-            raise RuntimeError(
-                f"restart_degenerate_runs={limit} rebuilds the model from the pretrained weights for each attempt, "
-                "which needs model_init: pass StableTrainer(model_init=lambda: "
-                "AutoModelForSequenceClassification.from_pretrained(...), ...) instead of model=..."
-            )
+        refusal = model_init_refusal(self.args, self.model_init)
+        if refusal:
+            raise RuntimeError(refusal)
         if trial is not None or self.hp_search_backend is not None:
             raise RuntimeError(f"restart_degenerate_runs={limit} is not supported inside hyperparameter_search (a "
                                "trial's model is built from the trial's values); set it to 0 for the search")

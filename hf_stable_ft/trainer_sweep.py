@@ -57,6 +57,7 @@ from .experiment import (
     train_and_record,
 )
 from .records import json_safe
+from .restarts import model_init_refusal, requested_restarts
 from .stats import constant_prediction_loss
 from .tasks import CLASSIFICATION, REGRESSION, Task
 from .trainer import StableTrainer
@@ -179,12 +180,9 @@ def _checked_trainer(make_trainer: Callable, args: TrainingArguments, metric: st
         raise ValueError(f"make_trainer returned a {type(trainer).__name__} without StableFineTuningCallback for a "
                          "stabilised recipe: build hf_stable_ft.trainer_class_for(args)(...) (StableTrainer here), or "
                          "pass callbacks=[StableFineTuningCallback()] and the optimizer of stable_optimizer(args)")
-    restarts = getattr(args, "restart_degenerate_runs", 0)
-    if restarts > 0 and trainer.model_init is None:
-        raise ValueError(f"restart_degenerate_runs={restarts} rebuilds the model for each attempt, but make_trainer's "
-                         "Trainer was built with model=...: build it with model_init=lambda trial=None: "
-                         "AutoModelForSequenceClassification.from_pretrained(...) (called after the attempt's seed is "
-                         "set) instead")
+    refusal = model_init_refusal(args, trainer.model_init)
+    if refusal:
+        raise ValueError(f"make_trainer's Trainer: {refusal}")
     if trainer.train_dataset is None:
         raise ValueError("make_trainer's Trainer has no train_dataset")
     if trainer.compute_metrics is None:
@@ -266,7 +264,7 @@ def _prepare(make_trainer: Callable, config: TrainerSweepConfig, recipes, majori
         args = _run_arguments(spec, config.seeds[0], probe_dir, config.training, config.evaluations_per_run,
                               config.metric)
         kind = "stock" if spec.is_stock else (
-            "restarts" if getattr(args, "restart_degenerate_runs", 0) > 0 else "stable")  # needs model_init
+            "restarts" if requested_restarts(args) else "stable")  # needs model_init
         if kind in kinds_seen:
             continue
         kinds_seen.add(kind)

@@ -33,15 +33,18 @@ def prepared(tiny):
     return prepare_task(sweep_config(tiny, ["stock"], [0], evaluations=2, steps=4))
 
 
-def factory(prepared, *, trainer_cls=None, eval_dataset="both", train_dataset=None, own_args=False, metrics=None):
+def factory(prepared, *, trainer_cls=None, eval_dataset="both", train_dataset=None, own_args=False, metrics=None,
+            model_init=False):
     """A user's Trainer script as a function: the Trainer ``run_single`` builds, with knobs to get it wrong."""
     def make_trainer(args):
         splits = {"validation": prepared.datasets["validation"], "test": prepared.datasets["test"]}
         evaluation = {"both": splits, "validation-only": splits["validation"], "none": None,
                       "other-keys": {"dev": splits["validation"]}}[eval_dataset]
         cls = trainer_cls or trainer_class_for(args)
+        build = {"model_init": lambda trial=None: experiment._fresh_model(prepared, args.seed)} if model_init else {
+            "model": experiment._fresh_model(prepared, args.seed)}
         return cls(
-            model=experiment._fresh_model(prepared, args.seed),
+            **build,
             args=TrainingArguments(output_dir=args.output_dir) if own_args else args,
             train_dataset=prepared.datasets["train"] if train_dataset is None else train_dataset,
             eval_dataset=evaluation,
@@ -129,14 +132,8 @@ def test_a_restart_recipe_with_a_factory_that_passes_model_is_refused_before_any
     assert "model_init" in message
     assert not (tmp_path / "out").exists()
 
-    def with_model_init(args):  # the fix the message names
-        return trainer_class_for(args)(
-            model_init=lambda trial=None: experiment._fresh_model(prepared, args.seed), args=args,
-            train_dataset=prepared.datasets["train"],
-            eval_dataset={"validation": prepared.datasets["validation"], "test": prepared.datasets["test"]},
-            data_collator=DataCollatorWithPadding(prepared.tokenizer), processing_class=prepared.tokenizer,
-            compute_metrics=compute_metrics_for(prepared.task))
-    runs = read_finished_runs(_sweep(prepared, tmp_path / "ok", recipes=(restart,), make_trainer=with_model_init))
+    runs = read_finished_runs(_sweep(prepared, tmp_path / "ok", recipes=(restart,),  # the fix the message names
+                                     make_trainer=factory(prepared, model_init=True)))
     assert runs["restart1/seed=0"]["status"] == "finished"
     assert runs["restart1/seed=0"]["settings"]["hf_stable_ft_restarts"]["attempts"][0]["seed"] == 0
 

@@ -295,7 +295,8 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
     rows = [score_run(r) for r in records]
     recipes = list(dict.fromkeys(r.recipe for r in rows))
     # seed order within each recipe: the bootstrap resamples run indices, so the file's order must not matter
-    rows.sort(key=lambda r: (recipes.index(r.recipe), r.seed is None, r.seed if r.seed is not None else 0, r.run_id))
+    position = {name: i for i, name in enumerate(recipes)}
+    rows.sort(key=lambda r: (position[r.recipe], r.seed is None, r.seed if r.seed is not None else 0, r.run_id))
     counted = [r for r in rows if r.counted]
     not_counted = [r for r in rows if not r.counted]
     if not counted:
