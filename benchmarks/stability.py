@@ -137,8 +137,12 @@ def finish_cells(output: Path, chosen: list[Cell], write_report) -> dict[str, in
         restore_records(directory)  # the archive alone, when the last block's records were archived already
         if not (directory / "runs.jsonl").exists():
             continue
-        write_report(directory, baseline_recipe="devlin2019" if "devlin2019" in [
-            r.split("=", 1)[0] for r in cell.recipes] else None)
+        # the baseline is what the records hold, not what the cell lists: a cell's devlin2019 runs may live in
+        # another output (the GPU's), and --recipes may leave it out of this call
+        from hf_stable_ft.records import read_records
+
+        has_baseline = any(record.recipe == "devlin2019" for record in read_records(directory))
+        write_report(directory, baseline_recipe="devlin2019" if has_baseline else None)
         archived[cell.name] = archive_records(directory)
     return archived
 

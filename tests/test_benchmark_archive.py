@@ -196,3 +196,28 @@ def test_the_stability_script_reports_from_the_archive_alone(tmp_path):
     assert stability.finish_cells(tmp_path, chosen, lambda directory, **_: reported.append(
         len(read_records(directory)))) == {"cola-1k-lr1e-4": 2}
     assert reported == [2] and gzip.decompress((cell / "runs.jsonl.gz").read_bytes()) == _lines(0, 1)
+
+
+def test_the_stability_script_picks_the_baseline_from_the_records_it_reports(tmp_path):
+    """Reported defect (2026-12-05): finishing the CPU ``cola-1k-lr2e-5`` cell, whose recipes list devlin2019 but
+    whose CPU records hold none (its devlin2019 runs are on the GPU), raised "baseline recipe 'devlin2019' is not
+    in the sweep" after the runs, and no report was written. And ``--recipes`` without devlin2019 on a cell whose
+    records hold devlin2019 runs reported against another baseline. The baseline is devlin2019 exactly when the
+    cell's records have devlin2019 runs."""
+    stability = _load("stability")
+    cell = tmp_path / "cola-1k-lr2e-5"
+    cell.mkdir()
+    (cell / "runs.jsonl").write_bytes(_lines(0, 1))  # reinit2 runs only
+    chosen = [c for c in stability.cells(20, 5) if c.name == "cola-1k-lr2e-5"]
+    assert "devlin2019" in chosen[0].recipes
+    baselines = []
+    stability.finish_cells(tmp_path, chosen, lambda directory, baseline_recipe: baselines.append(baseline_recipe))
+    assert baselines == [None]
+
+    with_baseline = _lines(0) + json.dumps(sweep_record(run_id="devlin2019/seed=0", recipe="devlin2019",
+                                                        seed=0)).encode() + b"\n"
+    (cell / "runs.jsonl.gz").unlink()  # a second cell, as the GPU's: its records hold devlin2019 runs
+    (cell / "runs.jsonl").write_bytes(with_baseline)
+    narrowed = [stability.dataclasses.replace(chosen[0], recipes=["reinit2"])]  # as --recipes reinit2 leaves it
+    stability.finish_cells(tmp_path, narrowed, lambda directory, baseline_recipe: baselines.append(baseline_recipe))
+    assert baselines == [None, "devlin2019"]
