@@ -158,6 +158,15 @@ def assemble() -> Path:
         for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
             parts += [stability_table(cell), "",
                       f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
+    early = _read("early_signal.md")
+    if early:
+        parts += ["### Is a degenerate seed visible early? (a validation stopping rule, offline)", "",
+                  "Command: `python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
+                  "benchmarks/results/stability_gpu/cola-1k-lr2e-5 --recipes devlin2019,debiased3ep,zhang2021,"
+                  "mosbach2021 --output benchmarks/results/early_signal.md` (the committed records; nothing is "
+                  "trained). The rule stops a run at an evaluation when its best validation score so far is not above "
+                  "the majority class; it stops every run that ends degenerate, so what matters is how many healthy "
+                  "runs it stops too.", "", early, ""]
     parts += _section(*scale)
     parts += _section("3b. Sweep backends: serial, worker processes, Ray", ["sweep_cuda.md", "sweep_cpu.md"],
                       "Command: `python benchmarks/bench_sweep.py --output benchmarks/results/sweep_cpu.md` (issue #16 "
