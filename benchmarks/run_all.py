@@ -74,8 +74,8 @@ def stability_table(cell_dir: Path) -> str:
         f"**{cell_dir.name}** ({cell_dir.parent.name.removeprefix('stability_').upper()} runs) — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
         f"(majority baseline {_pct(summary['majority_baseline'].get(summary['split']))})",
         "",
-        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs devlin2019 "
-        "| one run ≈ N baseline runs |",
+        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs "
+        f"{summary['baseline_recipe']} (Holm-adjusted over the recipes) | one run ≈ N baseline runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for recipe, entry in summary["recipes"].items():
@@ -83,13 +83,19 @@ def stability_table(cell_dir: Path) -> str:
         expected = entry.get("expected_test") or entry.get("expected_max_validation") or {}
         means = expected.get("mean") or []
         versus = entry.get("vs_baseline") or {}
-        p = versus.get("t_p")
+        p = _p(versus.get("t_p"))
+        if versus.get("t_p_holm") is not None:
+            p += f" ({_p(versus['t_p_holm'])})"
         lines.append(
             f"| {recipe} | {s['n']} | {_pct(s['mean'])} ± {_pct(s['std'])} | {_pct(s['max'])} | "
             f"{s['n_degenerate']}/{s['n']} | {' / '.join(_pct(m) for m in means)} | "
-            f"{'–' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'} | {_runs_to_match(entry)} |"
+            f"{p} | {_runs_to_match(entry)} |"
         )
     return "\n".join(lines)
+
+
+def _p(p) -> str:
+    return "–" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _runs_to_match(entry: dict) -> str:

@@ -14,7 +14,8 @@ the statistics used by the papers this package reproduces (see ``shared/design/p
   score of its best-on-validation run to reach the mean of one run of a recipe ("one recipe run ≈ k baseline
   runs"), with a bootstrap over seeds for its uncertainty.
 * :func:`levene_test`, :func:`t_test`, :func:`compare_to_baseline` — do two recipes differ in spread
-  (Levene / Brown–Forsythe) or in mean (Welch's t-test)?
+  (Levene / Brown–Forsythe) or in mean (Welch's t-test)? :func:`holm_adjust` — the same p-values corrected for
+  comparing several recipes with one baseline (Holm 1979).
 * :func:`degenerate_record` / :func:`degenerate_run` — the package's one definition of a degenerate run: its
   best validation score (the checkpoint Zhang et al. 2021's protocol keeps) is not above the majority
   classifier's (Mosbach et al. 2021's failed-run threshold); aborted runs are degenerate.
@@ -48,6 +49,7 @@ __all__ = [
     "levene_test",
     "t_test",
     "compare_to_baseline",
+    "holm_adjust",
     "degenerate_run",
     "degenerate_record",
     "degenerate_score",
@@ -585,8 +587,10 @@ def compare_to_baseline(
 
     Returns:
         recipe -> ``{"n", "n_baseline", "mean_diff", "std_ratio", "levene_stat", "levene_p", "t_stat",
-        "t_p"}`` for every recipe except the baseline. Statistics that are undefined (a group with fewer
-        than 2 scores) are None. The p-values are not corrected for multiple comparisons.
+        "t_p", "levene_p_holm", "t_p_holm"}`` for every recipe except the baseline. Statistics that are
+        undefined (a group with fewer than 2 scores) are None. ``levene_p`` / ``t_p`` are each test's own
+        p-value; the ``_holm`` ones are adjusted by :func:`holm_adjust` over this call's comparisons with the
+        baseline (one family per test: every recipe whose test is defined).
     """
     if baseline not in results_by_recipe:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {list(results_by_recipe)}")
@@ -608,6 +612,33 @@ def compare_to_baseline(
             row.update(levene_stat=_none_if_nan(lev.statistic), levene_p=_none_if_nan(lev.pvalue),
                        t_stat=_none_if_nan(tt.statistic), t_p=_none_if_nan(tt.pvalue))
         out[name] = row
+    for key in ("levene_p", "t_p"):
+        for row, adjusted in zip(out.values(), holm_adjust([row[key] for row in out.values()])):
+            row[key + "_holm"] = adjusted
+    return out
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's (1979) step-down adjustment of ``m`` p-values for testing ``m`` hypotheses at once.
+
+    With the defined p-values sorted ascending, p(1) <= ... <= p(m), the adjusted value of the i-th is
+    ``max_{j <= i} min(1, (m - j + 1) * p(j))``; rejecting where the adjusted p is below α keeps the chance of
+    any false "significant" among the m at most α (the family-wise error rate), for any dependence between the
+    tests — comparing several recipes with the same baseline runs makes them dependent. It is uniformly more
+    powerful than Bonferroni's ``m * p``. None or NaN (an undefined test) is not one of the m and stays None.
+    Returned in the input order.
+    """
+    values = [None if p is None or not math.isfinite(float(p)) else float(p) for p in p_values]
+    for i, p in enumerate(values):
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"p_values[{i}] = {p} is not a p-value: it must be between 0 and 1")
+    defined = sorted((p, i) for i, p in enumerate(values) if p is not None)
+    m = len(defined)
+    out: list[float | None] = [None] * len(values)
+    running = 0.0
+    for rank, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
     return out
 
 
