@@ -168,7 +168,8 @@ def assemble() -> Path:
     if early:
         parts += ["### Is a degenerate seed visible early? (a validation stopping rule, offline)", "",
                   "Command: `python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
-                  "benchmarks/results/stability_gpu/cola-1k-lr2e-5 --recipes devlin2019,debiased3ep,zhang2021,"
+                  "benchmarks/results/stability_gpu/cola-1k-lr2e-5 benchmarks/results/stability_cpu/sst2-1k-lr2e-5 "
+                  "--recipes devlin2019,debiased3ep,zhang2021,"
                   "mosbach2021 --output benchmarks/results/early_signal.md` (the committed records; nothing is "
                   "trained). The rule stops a run at an evaluation when its best validation score so far is not above "
                   "the majority class; it stops every run that ends degenerate, so what matters is how many healthy "
