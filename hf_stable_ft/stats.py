@@ -14,7 +14,8 @@ the statistics used by the papers this package reproduces (see ``shared/design/p
   score of its best-on-validation run to reach the mean of one run of a recipe ("one recipe run ≈ k baseline
   runs"), with a bootstrap over seeds for its uncertainty.
 * :func:`levene_test`, :func:`t_test`, :func:`compare_to_baseline` — do two recipes differ in spread
-  (Levene / Brown–Forsythe) or in mean (Welch's t-test)? :func:`holm_adjust` — the same p-values corrected for
+  (Levene / Brown–Forsythe) or in mean (Welch's t-test)? :func:`degenerate_rate_test` — in the share of degenerate
+  runs (Fisher's exact test)? :func:`holm_adjust` — the same p-values corrected for
   comparing several recipes with one baseline (Holm 1979).
 * :func:`degenerate_record` / :func:`degenerate_run` — the package's one definition of a degenerate run: its
   best validation score (the checkpoint Zhang et al. 2021's protocol keeps) is not above the majority
@@ -49,6 +50,7 @@ __all__ = [
     "levene_test",
     "t_test",
     "compare_to_baseline",
+    "degenerate_rate_test",
     "holm_adjust",
     "degenerate_run",
     "degenerate_record",
@@ -572,18 +574,39 @@ def t_test(a, b, equal_var: bool = False) -> TestResult:
     return TestResult(float(res.statistic), float(res.pvalue), "welch-t" if not equal_var else "student-t")
 
 
+def degenerate_rate_test(recipe_degenerate: Sequence[bool], baseline_degenerate: Sequence[bool]) -> TestResult:
+    """Fisher's exact test that two recipes have the same share of degenerate runs (``scipy.stats.fisher_exact``
+    on the 2×2 table degenerate / not × recipe / baseline). Mosbach et al. (2021) and Zhang et al. (2021) count
+    failed runs per recipe; with 10–20 seeds a difference of a few runs is often inside the seed noise, which this
+    says. Conditional on the margins, the recipe's count k is hypergeometric; the two-sided p-value sums the
+    probabilities of every table no more likely than the observed one. The statistic is the sample odds ratio
+    (inf or NaN when a cell is empty). p = 1 when no run of either recipe is degenerate."""
+    a = [bool(x) for x in recipe_degenerate]
+    b = [bool(x) for x in baseline_degenerate]
+    if not a or not b:
+        raise ValueError(f"each recipe needs at least 1 run, got {len(a)} and {len(b)}")
+    table = [[sum(a), len(a) - sum(a)], [sum(b), len(b) - sum(b)]]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = _sps.fisher_exact(table, alternative="two-sided")
+    return TestResult(float(res.statistic), float(res.pvalue), "fisher-exact")
+
+
 def compare_to_baseline(
     results_by_recipe: Mapping[str, Sequence[float]],
     baseline: str,
     *,
     center: str = "median",
     equal_var: bool = False,
+    degenerate: Mapping[str, Sequence[bool]] | None = None,
 ) -> dict[str, dict]:
-    """Levene and t-test p-values of every recipe against ``baseline``.
+    """Levene and t-test p-values of every recipe against ``baseline`` (and Fisher's, for the degenerate rate).
 
     Args:
         results_by_recipe: recipe name -> its scores over seeds (degenerate runs included).
         baseline: the key of the reference recipe (e.g. ``"devlin2019"``).
+        degenerate: recipe name -> whether each of its runs was degenerate. When given (with the baseline's),
+            each row also has ``degenerate_p`` (:func:`degenerate_rate_test`) and its ``degenerate_p_holm``.
 
     Returns:
         recipe -> ``{"n", "n_baseline", "mean_diff", "std_ratio", "levene_stat", "levene_p", "t_stat",
@@ -592,6 +615,7 @@ def compare_to_baseline(
         p-value; the ``_holm`` ones are adjusted by :func:`holm_adjust` over this call's comparisons with the
         baseline (one family per test: every recipe whose test is defined).
     """
+    degenerate = degenerate if degenerate is not None and baseline in degenerate else None
     if baseline not in results_by_recipe:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {list(results_by_recipe)}")
     base = np.asarray(results_by_recipe[baseline], dtype=float).reshape(-1)
@@ -611,9 +635,12 @@ def compare_to_baseline(
             tt = t_test(arr, base, equal_var=equal_var)
             row.update(levene_stat=_none_if_nan(lev.statistic), levene_p=_none_if_nan(lev.pvalue),
                        t_stat=_none_if_nan(tt.statistic), t_p=_none_if_nan(tt.pvalue))
+        if degenerate is not None and name in degenerate and len(degenerate[name]):
+            row["degenerate_p"] = _none_if_nan(degenerate_rate_test(degenerate[name], degenerate[baseline]).pvalue)
         out[name] = row
-    for key in ("levene_p", "t_p"):
-        for row, adjusted in zip(out.values(), holm_adjust([row[key] for row in out.values()])):
+    keys = ("levene_p", "t_p") + (("degenerate_p",) if degenerate is not None else ())
+    for key in keys:
+        for row, adjusted in zip(out.values(), holm_adjust([row.get(key) for row in out.values()])):
             row[key + "_holm"] = adjusted
     return out
 

@@ -378,6 +378,19 @@ def test_verdict_judges_significance_on_holm_adjusted_p_values(tmp_path):
     assert f"| {raw['close']:.3f} ({holm['close']:.3f}) |" in table  # Welch p (Holm) column
 
 
+def test_verdict_tests_the_degenerate_rate(tmp_path):
+    # devlin2019 1/10 degenerate, "bad" 6/10: Fisher's exact p = 4440 / 77520 (written out in test_stats)
+    runs = _learner_runs("devlin2019", [0.0] + [0.3 + 0.01 * i for i in range(9)])
+    runs += _learner_runs("bad", [0.0] * 6 + [0.3, 0.31, 0.32, 0.33])
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["recipes"]["bad"]["vs_baseline"]["degenerate_p"] == pytest.approx(4440 / 77520)
+    section = md[md.index("## Verdict"): md.index("\n## Results")]
+    assert "degenerate 6/10 vs 1/10 (Fisher p=0.057, not significant)" in section
+    assert "| 0.057 |" in md[md.index("## Results"):]  # the degenerate-rate column, one comparison: no Holm
+
+
 def test_summary_json_without_runs_to_match_still_loads(tmp_path):
     from hf_stable_ft.report import SweepSummary, verdict
 

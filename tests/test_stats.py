@@ -9,6 +9,7 @@ from scipy import stats as sps
 from hf_stable_ft.stats import (
     bootstrap_expected_test,
     compare_to_baseline,
+    degenerate_rate_test,
     degenerate_run,
     expected_max_curve,
     expected_max_performance,
@@ -274,3 +275,30 @@ def test_compare_to_baseline_adds_holm_adjusted_p_values_over_the_recipes():
         assert out[low][key + "_holm"] == pytest.approx(min(1.0, 2 * raw[low]))
         assert out[high][key + "_holm"] == pytest.approx(max(min(1.0, 2 * raw[low]), raw[high]))
         assert out["tiny"][key + "_holm"] is None
+
+
+def test_degenerate_rate_test_is_fishers_exact_test_written_out():
+    # 6/10 degenerate runs against 1/10: with the margins fixed (10 and 10 runs, 7 degenerate of 20), the number
+    # of the recipe's degenerate runs k is hypergeometric, P(k) = C(10,k) C(10,7-k) / C(20,7), C(20,7) = 77520:
+    # k = 0..7 -> 120, 2100, 11340, 25200, 25200, 11340, 2100, 120 (/ 77520). Two-sided: every table at most as
+    # likely as the observed k = 6 (2100): k = 0, 1, 6, 7.
+    recipe = [True] * 6 + [False] * 4
+    base = [True] + [False] * 9
+    r = degenerate_rate_test(recipe, base)
+    assert r.pvalue == pytest.approx((120 + 2100 + 2100 + 120) / 77520)
+    assert r.test == "fisher-exact" and r.statistic == pytest.approx((6 * 9) / (4 * 1))  # the odds ratio
+    assert degenerate_rate_test([False] * 3, [False] * 5).pvalue == 1.0  # nothing degenerate anywhere
+    with pytest.raises(ValueError, match="at least 1"):
+        degenerate_rate_test([], [True])
+
+
+def test_compare_to_baseline_tests_the_degenerate_rate_when_given_the_flags():
+    flags = {"devlin2019": [True] + [False] * 9, "bad": [True] * 6 + [False] * 4, "same": [False] * 10}
+    scores = {name: list(np.linspace(0.1, 0.5, 10) + i) for i, name in enumerate(flags)}
+    out = compare_to_baseline(scores, "devlin2019", degenerate=flags)
+    p_bad = (120 + 2100 + 2100 + 120) / 77520
+    assert out["bad"]["degenerate_p"] == pytest.approx(p_bad)
+    assert out["same"]["degenerate_p"] == pytest.approx(1.0)  # 0/10 vs 1/10: every table is as likely or less
+    assert out["bad"]["degenerate_p_holm"] == pytest.approx(2 * p_bad)
+    assert out["same"]["degenerate_p_holm"] == pytest.approx(1.0)
+    assert "degenerate_p" not in compare_to_baseline(scores, "devlin2019")["bad"]  # no flags, no test
