@@ -74,8 +74,8 @@ def stability_table(cell_dir: Path) -> str:
         f"**{cell_dir.name}** ({cell_dir.parent.name.removeprefix('stability_').upper()} runs) — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
         f"(majority baseline {_pct(summary['majority_baseline'].get(summary['split']))})",
         "",
-        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs devlin2019 "
-        "| one run ≈ N baseline runs |",
+        "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs "
+        f"{summary['baseline_recipe']} (Holm-adjusted over the recipes) | one run ≈ N baseline runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for recipe, entry in summary["recipes"].items():
@@ -83,13 +83,19 @@ def stability_table(cell_dir: Path) -> str:
         expected = entry.get("expected_test") or entry.get("expected_max_validation") or {}
         means = expected.get("mean") or []
         versus = entry.get("vs_baseline") or {}
-        p = versus.get("t_p")
+        p = _p(versus.get("t_p"))
+        if versus.get("t_p_holm") is not None:
+            p += f" ({_p(versus['t_p_holm'])})"
         lines.append(
             f"| {recipe} | {s['n']} | {_pct(s['mean'])} ± {_pct(s['std'])} | {_pct(s['max'])} | "
             f"{s['n_degenerate']}/{s['n']} | {' / '.join(_pct(m) for m in means)} | "
-            f"{'–' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'} | {_runs_to_match(entry)} |"
+            f"{p} | {_runs_to_match(entry)} |"
         )
     return "\n".join(lines)
+
+
+def _p(p) -> str:
+    return "–" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _runs_to_match(entry: dict) -> str:
@@ -162,7 +168,8 @@ def assemble() -> Path:
     if early:
         parts += ["### Is a degenerate seed visible early? (a validation stopping rule, offline)", "",
                   "Command: `python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
-                  "benchmarks/results/stability_gpu/cola-1k-lr2e-5 --recipes devlin2019,debiased3ep,zhang2021,"
+                  "benchmarks/results/stability_gpu/cola-1k-lr2e-5 benchmarks/results/stability_cpu/sst2-1k-lr2e-5 "
+                  "--recipes devlin2019,debiased3ep,zhang2021,"
                   "mosbach2021 --output benchmarks/results/early_signal.md` (the committed records; nothing is "
                   "trained). The rule stops a run at an evaluation when its best validation score so far is not above "
                   "the majority class; it stops every run that ends degenerate, so what matters is how many healthy "

@@ -14,7 +14,9 @@ the statistics used by the papers this package reproduces (see ``shared/design/p
   score of its best-on-validation run to reach the mean of one run of a recipe ("one recipe run ≈ k baseline
   runs"), with a bootstrap over seeds for its uncertainty.
 * :func:`levene_test`, :func:`t_test`, :func:`compare_to_baseline` — do two recipes differ in spread
-  (Levene / Brown–Forsythe) or in mean (Welch's t-test)?
+  (Levene / Brown–Forsythe) or in mean (Welch's t-test)? :func:`degenerate_rate_test` — in the share of degenerate
+  runs (Fisher's exact test)? :func:`holm_adjust` — the same p-values corrected for
+  comparing several recipes with one baseline (Holm 1979).
 * :func:`degenerate_record` / :func:`degenerate_run` — the package's one definition of a degenerate run: its
   best validation score (the checkpoint Zhang et al. 2021's protocol keeps) is not above the majority
   classifier's (Mosbach et al. 2021's failed-run threshold); aborted runs are degenerate.
@@ -48,6 +50,8 @@ __all__ = [
     "levene_test",
     "t_test",
     "compare_to_baseline",
+    "degenerate_rate_test",
+    "holm_adjust",
     "degenerate_run",
     "degenerate_record",
     "degenerate_score",
@@ -570,24 +574,48 @@ def t_test(a, b, equal_var: bool = False) -> TestResult:
     return TestResult(float(res.statistic), float(res.pvalue), "welch-t" if not equal_var else "student-t")
 
 
+def degenerate_rate_test(recipe_degenerate: Sequence[bool], baseline_degenerate: Sequence[bool]) -> TestResult:
+    """Fisher's exact test that two recipes have the same share of degenerate runs (``scipy.stats.fisher_exact``
+    on the 2×2 table degenerate / not × recipe / baseline). Mosbach et al. (2021) and Zhang et al. (2021) count
+    failed runs per recipe; with 10–20 seeds a difference of a few runs is often inside the seed noise, which this
+    says. Conditional on the margins, the recipe's count k is hypergeometric; the two-sided p-value sums the
+    probabilities of every table no more likely than the observed one. The statistic is the sample odds ratio
+    (inf or NaN when a cell is empty). p = 1 when no run of either recipe is degenerate."""
+    a = [bool(x) for x in recipe_degenerate]
+    b = [bool(x) for x in baseline_degenerate]
+    if not a or not b:
+        raise ValueError(f"each recipe needs at least 1 run, got {len(a)} and {len(b)}")
+    table = [[sum(a), len(a) - sum(a)], [sum(b), len(b) - sum(b)]]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = _sps.fisher_exact(table, alternative="two-sided")
+    return TestResult(float(res.statistic), float(res.pvalue), "fisher-exact")
+
+
 def compare_to_baseline(
     results_by_recipe: Mapping[str, Sequence[float]],
     baseline: str,
     *,
     center: str = "median",
     equal_var: bool = False,
+    degenerate: Mapping[str, Sequence[bool]] | None = None,
 ) -> dict[str, dict]:
-    """Levene and t-test p-values of every recipe against ``baseline``.
+    """Levene and t-test p-values of every recipe against ``baseline`` (and Fisher's, for the degenerate rate).
 
     Args:
         results_by_recipe: recipe name -> its scores over seeds (degenerate runs included).
         baseline: the key of the reference recipe (e.g. ``"devlin2019"``).
+        degenerate: recipe name -> whether each of its runs was degenerate. When given (with the baseline's),
+            each row also has ``degenerate_p`` (:func:`degenerate_rate_test`) and its ``degenerate_p_holm``.
 
     Returns:
         recipe -> ``{"n", "n_baseline", "mean_diff", "std_ratio", "levene_stat", "levene_p", "t_stat",
-        "t_p"}`` for every recipe except the baseline. Statistics that are undefined (a group with fewer
-        than 2 scores) are None. The p-values are not corrected for multiple comparisons.
+        "t_p", "levene_p_holm", "t_p_holm"}`` for every recipe except the baseline. Statistics that are
+        undefined (a group with fewer than 2 scores) are None. ``levene_p`` / ``t_p`` are each test's own
+        p-value; the ``_holm`` ones are adjusted by :func:`holm_adjust` over this call's comparisons with the
+        baseline (one family per test: every recipe whose test is defined).
     """
+    degenerate = degenerate if degenerate is not None and baseline in degenerate else None
     if baseline not in results_by_recipe:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {list(results_by_recipe)}")
     base = np.asarray(results_by_recipe[baseline], dtype=float).reshape(-1)
@@ -607,7 +635,37 @@ def compare_to_baseline(
             tt = t_test(arr, base, equal_var=equal_var)
             row.update(levene_stat=_none_if_nan(lev.statistic), levene_p=_none_if_nan(lev.pvalue),
                        t_stat=_none_if_nan(tt.statistic), t_p=_none_if_nan(tt.pvalue))
+        if degenerate is not None and name in degenerate and len(degenerate[name]):
+            row["degenerate_p"] = _none_if_nan(degenerate_rate_test(degenerate[name], degenerate[baseline]).pvalue)
         out[name] = row
+    keys = ("levene_p", "t_p") + (("degenerate_p",) if degenerate is not None else ())
+    for key in keys:
+        for row, adjusted in zip(out.values(), holm_adjust([row.get(key) for row in out.values()])):
+            row[key + "_holm"] = adjusted
+    return out
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's (1979) step-down adjustment of ``m`` p-values for testing ``m`` hypotheses at once.
+
+    With the defined p-values sorted ascending, p(1) <= ... <= p(m), the adjusted value of the i-th is
+    ``max_{j <= i} min(1, (m - j + 1) * p(j))``; rejecting where the adjusted p is below α keeps the chance of
+    any false "significant" among the m at most α (the family-wise error rate), for any dependence between the
+    tests — comparing several recipes with the same baseline runs makes them dependent. It is uniformly more
+    powerful than Bonferroni's ``m * p``. None or NaN (an undefined test) is not one of the m and stays None.
+    Returned in the input order.
+    """
+    values = [None if p is None or not math.isfinite(float(p)) else float(p) for p in p_values]
+    for i, p in enumerate(values):
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"p_values[{i}] = {p} is not a p-value: it must be between 0 and 1")
+    defined = sorted((p, i) for i, p in enumerate(values) if p is not None)
+    m = len(defined)
+    out: list[float | None] = [None] * len(values)
+    running = 0.0
+    for rank, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
     return out
 
 

@@ -349,6 +349,48 @@ def test_verdict_says_plainly_when_a_test_is_undefined(tmp_path):
     assert "One devlin2019 run already matches one run of stock on average." in section
 
 
+def test_verdict_judges_significance_on_holm_adjusted_p_values(tmp_path):
+    from scipy import stats as sps
+
+    base = [0.30, 0.32, 0.34, 0.36, 0.38]
+    scores = {"close": [0.35, 0.37, 0.39, 0.41, 0.40],  # Welch p = 0.040 alone: "significant" before the fix
+              "same": [0.31, 0.33, 0.35, 0.37, 0.36], "far": [0.60, 0.62, 0.63, 0.61, 0.64]}
+    runs = _learner_runs("devlin2019", base)
+    for name, s in scores.items():
+        runs += _learner_runs(name, s)
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    raw = {n: sps.ttest_ind(s, base, equal_var=False).pvalue for n, s in scores.items()}
+    assert raw["far"] < raw["close"] < 0.05 < raw["same"]
+    # Holm over the 3 Welch tests, written out: far x3, close x2, same x1 (each at least the one before)
+    holm = {"far": 3 * raw["far"], "close": 2 * raw["close"]}
+    holm["same"] = max(holm["close"], raw["same"])
+    for name in scores:
+        assert summary["recipes"][name]["vs_baseline"]["t_p_holm"] == pytest.approx(holm[name])
+    section = md[md.index("## Verdict"): md.index("\n## Results")]
+    assert (f"(Welch p={raw['close']:.3f}, Holm-adjusted over 3 comparisons p={holm['close']:.3f}, not significant)"
+            in section)
+    assert "(Welch p<0.001, Holm-adjusted over 3 comparisons p<0.001, significant at 5%)" in section
+    assert "not corrected for multiple testing" not in section
+    assert "judged on Holm-adjusted p-values" in section
+    table = md[md.index("## Results"):]
+    assert f"| {raw['close']:.3f} ({holm['close']:.3f}) |" in table  # Welch p (Holm) column
+
+
+def test_verdict_tests_the_degenerate_rate(tmp_path):
+    # devlin2019 1/10 degenerate, "bad" 6/10: Fisher's exact p = 4440 / 77520 (written out in test_stats)
+    runs = _learner_runs("devlin2019", [0.0] + [0.3 + 0.01 * i for i in range(9)])
+    runs += _learner_runs("bad", [0.0] * 6 + [0.3, 0.31, 0.32, 0.33])
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["recipes"]["bad"]["vs_baseline"]["degenerate_p"] == pytest.approx(4440 / 77520)
+    section = md[md.index("## Verdict"): md.index("\n## Results")]
+    assert "degenerate 6/10 vs 1/10 (Fisher p=0.057, not significant)" in section
+    assert "| 0.057 |" in md[md.index("## Results"):]  # the degenerate-rate column, one comparison: no Holm
+
+
 def test_summary_json_without_runs_to_match_still_loads(tmp_path):
     from hf_stable_ft.report import SweepSummary, verdict
 
@@ -358,8 +400,12 @@ def test_summary_json_without_runs_to_match_still_loads(tmp_path):
     del old["runs_to_match_settings"]
     for entry in old["recipes"].values():
         del entry["runs_to_match"]
-    text = verdict(SweepSummary.from_dict(old))  # a summary.json written before runs-to-match existed
+        for key in ("t_p_holm", "levene_p_holm"):
+            (entry["vs_baseline"] or {}).pop(key, None)
+    text = verdict(SweepSummary.from_dict(old))  # a summary.json written before runs-to-match and Holm existed
     assert "Degenerate runs" in text and "≈ N runs" not in text and "Welch p=" in text
+    assert "not corrected for multiple testing" in text and "Holm" not in text
+    assert "Holm-adjusted over 2 comparisons" in verdict(SweepSummary.from_dict(data))
     new = verdict(SweepSummary.from_dict(data))
     assert "devlin2019 run" in new and "≈ N runs" in new
     assert set(data) >= set(old) and all(set(data["recipes"][n]) >= set(e) for n, e in old["recipes"].items())

@@ -9,11 +9,13 @@ from scipy import stats as sps
 from hf_stable_ft.stats import (
     bootstrap_expected_test,
     compare_to_baseline,
+    degenerate_rate_test,
     degenerate_run,
     expected_max_curve,
     expected_max_performance,
     expected_max_std,
     expected_test_at_best_validation,
+    holm_adjust,
     levene_test,
     summarize,
     t_test,
@@ -245,3 +247,58 @@ def test_degenerate_run():
     assert not degenerate_run(0.3)
     assert degenerate_run(None, 0.5) and degenerate_run(float("nan"), 0.5)
     assert degenerate_run(0.53, 0.527, tol=0.01)
+
+
+def test_holm_adjust_against_hand_computed_values():
+    # Holm (1979): sort the m p-values ascending, p(1) <= ... <= p(m); the adjusted p(i) is
+    # max over j <= i of min(1, (m - j + 1) * p(j)).
+    # 0.01, 0.04, 0.03, 0.005 -> sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04
+    # -> running max 0.02, 0.03, 0.06, 0.06, put back in the input order:
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # an undefined test (None or NaN) is not in the family: m = 2 here, 0.3 x 2 = 0.6, then max(0.6, 0.4 x 1)
+    out = holm_adjust([0.4, None, 0.3, math.nan])
+    assert out[0] == pytest.approx(0.6) and out[2] == pytest.approx(0.6) and out[1] is None and out[3] is None
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]  # 0.6 x 2 = 1.2, capped at 1
+    assert holm_adjust([0.02, 0.02]) == pytest.approx([0.04, 0.04])
+    assert holm_adjust([0.03]) == [0.03] and holm_adjust([]) == []
+    with pytest.raises(ValueError, match=r"p_values\[1\].*between 0 and 1"):
+        holm_adjust([0.1, 1.5])
+
+
+def test_compare_to_baseline_adds_holm_adjusted_p_values_over_the_recipes():
+    C = [0.5, 0.52, 0.49, 0.55, 0.51, 0.53]
+    out = compare_to_baseline({"devlin2019": B, "mosbach2021": A, "other": C, "tiny": [0.5]}, "devlin2019")
+    for key in ("t_p", "levene_p"):
+        raw = {name: out[name][key] for name in ("mosbach2021", "other")}
+        low, high = sorted(raw, key=raw.get)
+        # two defined tests (tiny's are undefined): the smaller p doubles, the larger stays, never below the smaller's
+        assert out[low][key + "_holm"] == pytest.approx(min(1.0, 2 * raw[low]))
+        assert out[high][key + "_holm"] == pytest.approx(max(min(1.0, 2 * raw[low]), raw[high]))
+        assert out["tiny"][key + "_holm"] is None
+
+
+def test_degenerate_rate_test_is_fishers_exact_test_written_out():
+    # 6/10 degenerate runs against 1/10: with the margins fixed (10 and 10 runs, 7 degenerate of 20), the number
+    # of the recipe's degenerate runs k is hypergeometric, P(k) = C(10,k) C(10,7-k) / C(20,7), C(20,7) = 77520:
+    # k = 0..7 -> 120, 2100, 11340, 25200, 25200, 11340, 2100, 120 (/ 77520). Two-sided: every table at most as
+    # likely as the observed k = 6 (2100): k = 0, 1, 6, 7.
+    recipe = [True] * 6 + [False] * 4
+    base = [True] + [False] * 9
+    r = degenerate_rate_test(recipe, base)
+    assert r.pvalue == pytest.approx((120 + 2100 + 2100 + 120) / 77520)
+    assert r.test == "fisher-exact" and r.statistic == pytest.approx((6 * 9) / (4 * 1))  # the odds ratio
+    assert degenerate_rate_test([False] * 3, [False] * 5).pvalue == 1.0  # nothing degenerate anywhere
+    with pytest.raises(ValueError, match="at least 1"):
+        degenerate_rate_test([], [True])
+
+
+def test_compare_to_baseline_tests_the_degenerate_rate_when_given_the_flags():
+    flags = {"devlin2019": [True] + [False] * 9, "bad": [True] * 6 + [False] * 4, "same": [False] * 10}
+    scores = {name: list(np.linspace(0.1, 0.5, 10) + i) for i, name in enumerate(flags)}
+    out = compare_to_baseline(scores, "devlin2019", degenerate=flags)
+    p_bad = (120 + 2100 + 2100 + 120) / 77520
+    assert out["bad"]["degenerate_p"] == pytest.approx(p_bad)
+    assert out["same"]["degenerate_p"] == pytest.approx(1.0)  # 0/10 vs 1/10: every table is as likely or less
+    assert out["bad"]["degenerate_p_holm"] == pytest.approx(2 * p_bad)
+    assert out["same"]["degenerate_p_holm"] == pytest.approx(1.0)
+    assert "degenerate_p" not in compare_to_baseline(scores, "devlin2019")["bad"]  # no flags, no test

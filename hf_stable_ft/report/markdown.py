@@ -78,11 +78,34 @@ def _undefined_reason(s: Mapping, bs: Mapping) -> str:
     return "the scores have no spread to test"
 
 
-def _test_phrase(label: str, p, s: Mapping, bs: Mapping) -> str:
-    """"Welch p=0.003, significant at 5%" or, when the test has no p-value, why, in words."""
+def _test_phrase(label: str, p, s: Mapping, bs: Mapping, p_holm=None, family: int = 1) -> str:
+    """"Welch p=0.003, significant at 5%" or, when the test has no p-value, why, in words. With ``family`` > 1
+    tests of this kind against the baseline, significance is judged on the Holm-adjusted ``p_holm``:
+    "Welch p=0.040, Holm-adjusted over 3 comparisons p=0.121, not significant"."""
     if _num(p) is None:
         return f"{label}'s test is undefined: {_undefined_reason(s, bs)}"
+    if family > 1 and _num(p_holm) is not None:
+        return f"{label} p{_p_eq(p)}, Holm-adjusted over {family} comparisons p{_p_eq(p_holm)}{_sig(p_holm)}"
     return f"{label} p{_p_eq(p)}{_sig(p)}"
+
+
+def _holm_families(summary: SweepSummary) -> dict[str, int] | None:
+    """The number of defined tests against the baseline per p-value key (``t_p``, ``levene_p`` and, where the
+    summary has it, ``degenerate_p``): the family each Holm adjustment ran over. None for a summary.json written
+    before the adjustment existed."""
+    rows = [e.vs_baseline for n, e in summary.recipes.items() if n != summary.baseline_recipe and e.vs_baseline]
+    if any(_num(r.get(key)) is not None and key + "_holm" not in r for r in rows for key in ("t_p", "levene_p")):
+        return None
+    keys = ("t_p", "levene_p") + (("degenerate_p",) if any("degenerate_p" in r for r in rows) else ())
+    return {key: sum(_num(r.get(key)) is not None for r in rows) for key in keys}
+
+
+def _p_cell(cmp_: Mapping, key: str, families: dict[str, int] | None) -> str:
+    """A table's p-value: "0.040", or "0.040 (0.121)" with the Holm-adjusted value when there are several."""
+    text = _fmt_p(cmp_.get(key))
+    if families and families.get(key, 0) > 1 and _num(cmp_.get(key + "_holm")) is not None:
+        text += f" ({_fmt_p(cmp_.get(key + '_holm'))})"
+    return text
 
 
 def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
@@ -131,6 +154,8 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
                     "recipes.)")
 
     bs = b.summary
+    families = _holm_families(summary)
+    size = families or {"t_p": 1, "levene_p": 1}
     stats_lines = []
     n_tests = 0
     for name, e in recipes.items():
@@ -145,8 +170,12 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
             continue
         stats_lines.append(
             f"**{name}** vs {base}: mean {_fmt(s['mean'], scale, digits)} vs {_fmt(bs['mean'], scale, digits)} "
-            f"({_test_phrase('Welch', cmp_.get('t_p'), s, bs)}); std {_fmt(s['std'], scale, digits)} vs "
-            f"{_fmt(bs['std'], scale, digits)} ({_test_phrase('Levene', cmp_.get('levene_p'), s, bs)}).")
+            f"({_test_phrase('Welch', cmp_.get('t_p'), s, bs, cmp_.get('t_p_holm'), size['t_p'])}); std "
+            f"{_fmt(s['std'], scale, digits)} vs {_fmt(bs['std'], scale, digits)} "
+            f"({_test_phrase('Levene', cmp_.get('levene_p'), s, bs, cmp_.get('levene_p_holm'), size['levene_p'])})"
+            + (f"; degenerate {s['n_degenerate']}/{s['n']} vs {bs['n_degenerate']}/{bs['n']} ("
+               + _test_phrase('Fisher', cmp_['degenerate_p'], s, bs, cmp_.get('degenerate_p_holm'),
+                              size.get('degenerate_p', 1)) + ")" if 'degenerate_p' in cmp_ else "") + ".")
     if len(scored) > 1:
         def leaders(items: dict, key: str, pick) -> str:
             target = pick(v[key] for v in items.values())
@@ -177,8 +206,12 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
         caveats.append(f"With {seeds} seeds per recipe these numbers are weak evidence: small samples miss real "
                        "differences and make chance ones look large (the papers used 20–25 seeds); numbers of "
                        "baseline runs above the seeds run extrapolate from them.")
-    if n_tests > 1:
+    if n_tests > 1 and families is None:
         caveats.append(f"The {n_tests} comparisons are not corrected for multiple testing.")
+    elif n_tests > 1:
+        caveats.append(f"With {n_tests} recipes compared with {base}, significance is judged on Holm-adjusted "
+                       "p-values (Holm 1979; each test over its own comparisons), which keep the chance of any "
+                       "false \"significant\" among them at 5%.")
     caveats.append("A p-value above 0.05 means no evidence of a difference, not evidence of equality.")
     paragraphs = [" ".join(head)] + ([" ".join(stats_lines)] if stats_lines else [])
     return ["\n\n".join(paragraphs), " ".join(caveats)]
@@ -256,6 +289,9 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
     L += verdict(summary).split("\n") + [""]
 
     L += [f"## Results ({metric}, {split} split{unit})", ""]
+    families = _holm_families(summary)
+    holm = " (Holm)" if families and max(families.values()) > 1 else ""
+    fisher = bool(families and "degenerate_p" in families)
     what = ("test score of the checkpoint that was best on validation" if split == "test"
             else "best validation score")
     L += [f"Each run is represented by its {what}; aborted runs count as degenerate with their last "
@@ -265,12 +301,14 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
              f"among k trials ({summary.n_bootstrap} resamples, seed {summary.bootstrap_seed})"
              if split == "test" else "")
           + f". p-values vs **{base}**: Levene (Brown–Forsythe, median-centred) for the spread, Welch's t-test "
-          "for the mean. Values for n or k above the number of seeds extrapolate from the observed runs.", ""]
+          "for the mean" + (", Fisher's exact test for the share of degenerate runs" if fisher else "") + (", each test's own p-value with the Holm-adjusted one over the recipes in brackets"
+                            if holm else "")
+          + ". Values for n or k above the number of seeds extrapolate from the observed runs.", ""]
     ks = "/".join(str(k) for k in TABLE_TRIALS)
     head = ["recipe", "n", "mean ± std", "median", "max", "min", "degenerate", f"E[max val] @{ks}"]
     if split == "test":
         head.append(f"E[test] @{ks}")
-    head += ["Levene p", "Welch p"]
+    head += [f"Levene p{holm}", f"Welch p{holm}"] + ([f"degenerate: Fisher p{holm}"] if fisher else [])
     L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in summary.recipes.items():
         s = e.summary
@@ -285,8 +323,10 @@ def render_markdown(summary: SweepSummary, figures: dict, skipped: dict) -> str:
         if split == "test":
             cells.append(" / ".join(_fmt(v, scale, digits) for v in e.expected_test["mean"]))
         cmp_ = e.vs_baseline or {}
-        cells += ["–" if name == base else _fmt_p(cmp_.get("levene_p")),
-                  "–" if name == base else _fmt_p(cmp_.get("t_p"))]
+        cells += ["–" if name == base else _p_cell(cmp_, "levene_p", families),
+                  "–" if name == base else _p_cell(cmp_, "t_p", families)]
+        if fisher:
+            cells.append("–" if name == base else _p_cell(cmp_, "degenerate_p", families))
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
 

@@ -328,7 +328,7 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
 
     n_max = max(sum(1 for r in counted if r.recipe == name) for name in recipes)
     curve_ks = np.arange(1, max(max(TABLE_TRIALS), n_max) + 1)
-    per_recipe, scores_by_recipe = {}, {}
+    per_recipe, scores_by_recipe, degenerate_by_recipe = {}, {}, {}
     for name in recipes:
         mine = [r for r in rows if r.recipe == name]
         got = [r for r in mine if r.counted]
@@ -341,6 +341,7 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
             scores = [getattr(r, split) for r in got]
             degen = [r.degenerate for r in got]
             scores_by_recipe[name] = scores
+            degenerate_by_recipe[name] = degen
             entry.summary = summarize(scores, degen).as_dict()
             val = [r.validation for r in got]
             if split == "test":
@@ -360,7 +361,8 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
                 }
         per_recipe[name] = entry
     if baseline_recipe in scores_by_recipe:
-        for name, row in compare_to_baseline(scores_by_recipe, baseline_recipe).items():
+        for name, row in compare_to_baseline(scores_by_recipe, baseline_recipe,
+                                             degenerate=degenerate_by_recipe).items():
             per_recipe[name].vs_baseline = row
     else:
         notes.append(f"The baseline recipe {baseline_recipe!r} has no counted runs: no p-values.")
