@@ -18,6 +18,10 @@ from .recipes import RECIPES, STABILITY_RECIPES, get_recipe, zhang2021_reinit_la
 
 __all__ = ["StableTrainingArguments", "STABILITY_RECIPES", "RECIPE_FIELDS", "zhang2021_reinit_layers"]
 
+#: appended to a recipe's source in :meth:`StableTrainingArguments.resolved_settings` for a block count the depth
+#: rule resolves from the model (``reinit_layers="auto"``)
+AUTO_FROM_DEPTH = " (auto from depth)"
+
 
 #: The fields a recipe sets. Their dataclass defaults are :class:`_Unset` markers, so "not given" is told apart
 #: from "given, equal to the default" on every path (``HfArgumentParser`` passes every field, given or not).
@@ -493,7 +497,7 @@ class StableTrainingArguments(TrainingArguments):
                 source = "default" if getattr(self, name) == default else "explicit"
             resolved[name] = {"value": getattr(self, name), "source": source}
         if self.auto_reinit_layers:
-            resolved["reinit_layers"]["source"] += " (auto from depth)"
+            resolved["reinit_layers"]["source"] += AUTO_FROM_DEPTH
         return resolved
 
     def with_overrides(self, **overrides) -> "StableTrainingArguments":

@@ -51,7 +51,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import set_seed
 
-from .args import StableTrainingArguments
+from .args import AUTO_FROM_DEPTH, StableTrainingArguments
 from .callback import get_fine_tuning_state
 from .recipe_variants import STOCK, RecipeSpec, build_arguments, parse_recipe  # noqa: F401  (STOCK re-exported)
 from .restarts import RESTARTS_KEY, requested_restarts
@@ -744,7 +744,11 @@ def _preset_values(spec: RecipeSpec, config: SweepConfig) -> dict[str, tuple[Any
 
 def _preset_changes(record: dict, now: dict[str, tuple[Any, str]]) -> list[str]:
     """``field: old (recorded) vs new (now)`` for each field a recipe set in ``record``'s run or sets now whose value
-    differs (a record's settings keep each field's value and source); nothing for a record without them."""
+    differs (a record's settings keep each field's value and source); nothing for a record without them.
+
+    A value both sides resolve by the same rule from the model ("… (auto from depth)": ``zhang2021``'s
+    ``reinit_layers``) is not compared: the record holds the count resolved for the sweep's model (which the shared
+    settings pin), while ``now`` is read before any model is loaded."""
     settings = record.get("settings")
     resolved = (settings.get(SETTINGS_KEY) or {}).get("settings") if isinstance(settings, dict) else None
     if not isinstance(resolved, dict):
@@ -754,6 +758,8 @@ def _preset_changes(record: dict, now: dict[str, tuple[Any, str]]) -> list[str]:
         if not isinstance(entry, dict) or name not in now:
             continue
         (value, source), old = now[name], entry.get("value")
+        if source.endswith(AUTO_FROM_DEPTH) and str(entry.get("source", "")).endswith(AUTO_FROM_DEPTH):
+            continue
         from_recipe = str(entry.get("source", "")).startswith("recipe") or source.startswith("recipe")
         if from_recipe and json.dumps(old, default=str) != json.dumps(value, default=str):
             out.append(f"{name}: {old!r} (recorded) vs {value!r} (now; the preset changed since)")

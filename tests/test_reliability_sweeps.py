@@ -527,3 +527,24 @@ def test_resume_and_overwrite_together_are_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="--resume and --overwrite"):
         run_sweep(_config(tiny), tmp_path / "sweep", resume=True, overwrite=True, progress=False)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_resume_of_zhang2021_accepts_its_depth_resolved_reinit_count(tiny, tmp_path, count_runs):
+    """Reported (2026-12-06): resuming a sweep with ``zhang2021`` runs (``reinit_layers="auto"``) was refused — its
+    own second seed block included — because a record keeps the block count the depth rule resolved for the model
+    (1 for the tiny model, "recipe zhang2021 (auto from depth)") while the preset, read before any model is
+    loaded, says 0. Both sides name the same rule on the same model, so the resume goes on; a record whose count
+    was set by hand (not by the rule) is still refused."""
+    out = tmp_path / "sweep"
+    run_sweep(_config(tiny, recipes=("zhang2021",)), out, progress=False)
+    record = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    assert record["settings"]["hf_stable_ft"]["settings"]["reinit_layers"] == {
+        "value": 1, "source": "recipe zhang2021 (auto from depth)"}
+    run_sweep(_config(tiny, recipes=("zhang2021",), seeds=(0, 1)), out, resume=True, progress=False)
+    assert count_runs == ["zhang2021/seed=0", "zhang2021/seed=1"]
+
+    record["settings"]["hf_stable_ft"]["settings"]["reinit_layers"] = {"value": 2, "source": "recipe zhang2021"}
+    (out / "runs.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=r"'zhang2021'.*reinit_layers: 2 \(recorded\) vs 0 \(now"):
+        run_sweep(_config(tiny, recipes=("zhang2021",), seeds=(0, 1)), out, resume=True, progress=False)
+    assert count_runs == ["zhang2021/seed=0", "zhang2021/seed=1"]
