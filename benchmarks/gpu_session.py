@@ -1,6 +1,9 @@
 """Every GPU part of issues #17 and #18 in one time-boxed call on the GPU machine (the ``device`` tool).
 
-In order, each step with its share of what is left of ``--budget`` (seconds):
+First, before the device does anything, every pass below is planned against the GPU records it will resume
+(``stability.resume_refusals``): a pass that would be refused (another ``--model`` name, a label whose settings
+changed) stops the session at once with the reasons. Then, in order, each step with its share of what is left of
+``--budget`` (seconds):
 
 1. the CUDA-only tests (``pytest -k cuda``: the bf16/fp16 mixed-precision tests left open since issue #8); a
    failure there, or a first stability pass that dies within a minute, ends the session at once (fail fast: the
@@ -57,7 +60,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from stability import LATER_ON_ZHANG, LATER_TECHNIQUES  # noqa: E402
+from stability import LATER_ON_ZHANG, LATER_TECHNIQUES, resume_refusals  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: The stability passes, most needed first: (cells, recipe labels or None for every recipe of the cells, seeds).
@@ -178,6 +181,14 @@ def main() -> None:
     print(facts, flush=True)
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; use --cpu-check to rehearse on CPU")
+    passes = CPU_CHECK_PASSES if options.cpu_check else PASSES
+    _seed_gpu_records(out)
+    from hf_stable_ft.experiment import resolve_model
+
+    refusals = resume_refusals(out / "stability_gpu", resolve_model(options.model), options.glue, passes)
+    if refusals:  # before the device spends a second: a pass refused at its turn would waste the session
+        raise SystemExit("the GPU records would refuse these passes; nothing was run:\n  " + "\n  ".join(refusals)
+                         + "\n(the GPU records were made with --model .device_model: pass that name)")
     timings: dict = {}
     python = sys.executable
     model = ["--model-path", options.model] if options.model else []  # the bench_*.py spelling
@@ -200,11 +211,10 @@ def main() -> None:
     if tests["exit"] not in (0, 5, "timeout"):  # 5: no test selected; a timeout is not a failure
         raise SystemExit(f"the CUDA tests failed ({tests}): stopping here, see tests.log")
 
-    _seed_gpu_records(out)
     stability = [python, "benchmarks/stability.py", "--output", str(out / "stability_gpu"), "--backend", "processes",
                  "--seeds-full", "5", "--workers", str(2 if options.cpu_check else options.workers), *sweep_inputs]
     stability_end = time.time() + allowance("stability")
-    for number, (cells, recipes, seeds) in enumerate(CPU_CHECK_PASSES if options.cpu_check else PASSES, 1):
+    for number, (cells, recipes, seeds) in enumerate(passes, 1):
         launch = stability_end - GUARD_S - time.time()
         if launch < 10:
             print(f"stability pass {number}: no time left ({cells}, {recipes})", flush=True)

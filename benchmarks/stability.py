@@ -116,6 +116,50 @@ def cells(seeds_small: int, seeds_full: int) -> list[Cell]:
     return out
 
 
+def choose_cells(seeds_small: int, seeds_full: int, names: str | None = None, recipes: str | None = None) -> list[Cell]:
+    """The cells named in ``names`` (comma-separated; all when None), each keeping only the recipe labels in
+    ``recipes`` (comma-separated; all when None) and dropped when none is left. ValueError names an unknown cell or
+    recipe and the allowed ones."""
+    chosen = cells(seeds_small, seeds_full)
+    if names:
+        wanted = names.split(",")
+        unknown = sorted(set(wanted) - {c.name for c in chosen})
+        if unknown:
+            raise ValueError(f"--cells: unknown {unknown}; choose from {[c.name for c in chosen]}")
+        chosen = [c for c in chosen if c.name in wanted]
+    if recipes:
+        wanted = recipes.split(",")
+        known = {r.split("=", 1)[0] for c in chosen for r in c.recipes}
+        if set(wanted) - known:
+            raise ValueError(f"--recipes: unknown {sorted(set(wanted) - known)}; the chosen cells have {sorted(known)}")
+        chosen = [dataclasses.replace(c, recipes=[r for r in c.recipes if r.split("=", 1)[0] in wanted])
+                  for c in chosen]
+        chosen = [c for c in chosen if c.recipes]
+    return chosen
+
+
+def resume_refusals(output: Path, model: str, data_dir: str | None,
+                    passes: list[tuple[str, str | None, int]], seeds_full: int = 5) -> list[str]:
+    """Why resuming each pass ``(cells, recipes or None, seeds)`` in ``output`` would be refused, one line per cell
+    (empty: every pass resumes its records). Plans each cell against its ``runs.jsonl`` as ``run_sweep`` would,
+    before anything is loaded or run: a time-boxed session (the GPU's) learns it at once, not at its pass."""
+    from hf_stable_ft.experiment import _plan, parse_recipe
+
+    refusals = []
+    for cell_names, recipes, seeds in passes:
+        for cell in choose_cells(seeds, seeds_full, cell_names, recipes):
+            directory = output / cell.name
+            if not (directory / "runs.jsonl").exists():
+                continue
+            config = _config(cell, model, data_dir, output / "mnli_subset_intermediate")
+            try:
+                _plan(directory, config, [parse_recipe(r) for r in cell.recipes], resume=True, overwrite=False,
+                      repair=False)
+            except ValueError as error:
+                refusals.append(f"{cell.name} ({recipes or 'every recipe'}): {error}")
+    return refusals
+
+
 def restore_cells(output: Path, chosen: list[Cell]) -> dict[str, int]:
     """Put each chosen cell's committed ``runs.jsonl.gz`` back as ``runs.jsonl`` before anything runs, so a fresh
     clone resumes the committed records instead of re-running them; refuses (ValueError) a cell whose
@@ -210,21 +254,10 @@ def main() -> None:
     deadline = time.time() + options.budget
     model = resolve_model(options.model)
     output = Path(options.output)
-    chosen = cells(options.seeds, options.seeds_full)
-    if options.cells:
-        names = options.cells.split(",")
-        unknown = sorted(set(names) - {c.name for c in chosen})
-        if unknown:
-            parser.error(f"--cells: unknown {unknown}; choose from {[c.name for c in chosen]}")
-        chosen = [c for c in chosen if c.name in names]
-    if options.recipes:
-        wanted = options.recipes.split(",")
-        known = {r.split("=", 1)[0] for c in chosen for r in c.recipes}
-        if set(wanted) - known:
-            parser.error(f"--recipes: unknown {sorted(set(wanted) - known)}; the chosen cells have {sorted(known)}")
-        chosen = [dataclasses.replace(c, recipes=[r for r in c.recipes if r.split("=", 1)[0] in wanted])
-                  for c in chosen]
-        chosen = [c for c in chosen if c.recipes]
+    try:
+        chosen = choose_cells(options.seeds, options.seeds_full, options.cells, options.recipes)
+    except ValueError as error:
+        parser.error(str(error))
     for name, count in restore_cells(output, chosen).items():
         print(f"{name}: {count} committed record(s) restored from runs.jsonl.gz", flush=True)
     intermediate_dir = output / "mnli_subset_intermediate"

