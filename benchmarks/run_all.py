@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hf_stable_ft.experiment import SweepDirectoryLocked
 from records_archive import archive_records
+from stability import ON_ZHANG
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,10 +69,12 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def stability_table(cell_dir: Path) -> str:
+def stability_table(cell_dir: Path, title: str | None = None) -> str:
+    """A cell's table from its ``summary.json``; ``title`` (default: the cell and its device) heads it."""
     summary = json.loads((cell_dir / "summary.json").read_text())
+    title = title or f"**{cell_dir.name}** ({cell_dir.parent.name.removeprefix('stability_').upper()} runs)"
     lines = [
-        f"**{cell_dir.name}** ({cell_dir.parent.name.removeprefix('stability_').upper()} runs) — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
+        f"{title} — {summary['task']}, {summary['metric']} ×100 on the {summary['split']} split "
         f"(majority baseline {_pct(summary['majority_baseline'].get(summary['split']))})",
         "",
         "| recipe | seeds | mean ± std | max | degenerate | E[test] @1 / 5 / 10 trials | Welch p vs "
@@ -164,6 +167,13 @@ def assemble() -> Path:
         for cell in sorted(p for p in device_dir.iterdir() if (p / "summary.json").exists()):
             parts += [stability_table(cell), "",
                       f"Report with figures: [`{cell.relative_to(ROOT)}/report.md`]({cell.relative_to(ROOT)}/report.md)", ""]
+            on_zhang = cell / ON_ZHANG
+            if (on_zhang / "summary.json").exists():
+                device = device_dir.name.removeprefix("stability_").upper()
+                title = (f"**{cell.name}, the stabilisers on top of `zhang2021`** ({device} runs; the same records, "
+                         "tested against `zhang2021`, Holm over these comparisons only)")
+                parts += [stability_table(on_zhang, title), "", f"Report with figures: [`{on_zhang.relative_to(ROOT)}"
+                          f"/report.md`]({on_zhang.relative_to(ROOT)}/report.md)", ""]
     early = _read("early_signal.md")
     if early:
         parts += ["### Is a degenerate seed visible early? (a validation stopping rule, offline)", "",

