@@ -50,7 +50,8 @@ def _k_range(lo, hi, max_runs) -> str:
 def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None) -> str:
     """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
     variants. ``base_mean``: one baseline run's mean score; where the best-on-validation of many baseline runs
-    levels off below it, a 'never' says so (the selection lowers the baseline's test score, whatever the recipe)."""
+    levels off at or below it, a 'never' says only that the recipe's mean is higher (the Welch question), and
+    the clause says so."""
     k, max_runs = m.get("k"), m.get("max_runs")
     lo, hi = (list(m.get("interval") or []) + [None, None])[:2]
     ci = f" ({m.get('confidence', 95):g}% bootstrap interval: {_k_range(lo, hi, max_runs)})"
@@ -66,11 +67,11 @@ def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, b
         text = (f"no number of {base} runs up to {max_runs} reaches one {name} run: one {name} run averages "
                 f"{_fmt(target, scale, digits)}, {limit} (never within {max_runs} runs in {p_never:.0%} of "
                 "bootstrap resamples over seeds)")
-        if _num(base_mean) is not None and _num(asymptote) is not None and asymptote < base_mean:
-            text += (f"; but selecting the best of many {base} runs on validation lowers its test score "
+        if _num(base_mean) is not None and _num(asymptote) is not None and asymptote <= base_mean:
+            text += (f"; selecting on validation does not raise {base}'s test score here "
                      f"({_fmt(base_mean, scale, digits)} for one run on average, {_fmt(asymptote, scale, digits)} "
-                     f"for the best-on-validation of many), so this is not by itself a sign that {name} is better: "
-                     "compare the means below")
+                     f"for the best-on-validation of many), so this says only that {name}'s mean is above "
+                     f"{base}'s (whether beyond the seed noise: the test of the means below)")
         return text
     if k == 1:
         return f"one {base} run already matches one {name} run on average{ci}"
