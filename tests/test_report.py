@@ -573,10 +573,13 @@ def test_verdict_says_when_never_matching_comes_from_validation_selection_not_a_
     for r in runs:
         r["best_validation"] = 0.5 - r["test_at_best_validation"]
     runs += _learner_runs("same", [0.26, 0.24, 0.25, 0.27])
+    runs += _learner_runs("better", [0.60, 0.62, 0.61, 0.63])  # a difference the test of the means finds
     (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
     md = write_report(tmp_path, figures=False).read_text()
     lead = md[md.index("## Verdict"): md.index("\n## Results")].split("\n\n")[1]
     assert "No number of base runs up to 100 reaches one same run" in lead
+    assert "No number of base runs up to 100 reaches one better run" in lead
+    assert "says only that better's mean" not in lead and lead.count("does not raise base's test score") == 1
     assert ("selecting on validation does not raise base's test score here (25.0 for one run on average, 10.0 "
             "for the best-on-validation of many), so this says only that same's mean is above base's (whether "
             "beyond the seed noise: the test of the means below)") in lead

@@ -49,9 +49,9 @@ def _k_range(lo, hi, max_runs) -> str:
 
 def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None) -> str:
     """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
-    variants. ``base_mean``: one baseline run's mean score; where the best-on-validation of many baseline runs
-    levels off at or below it, a 'never' says only that the recipe's mean is higher (the Welch question), and
-    the clause says so."""
+    variants. ``base_mean`` (given where the test of the means finds no difference): one baseline run's mean
+    score; where the best-on-validation of many baseline runs levels off at or below it, a 'never' says only
+    that the recipe's mean is higher, and the clause says so."""
     k, max_runs = m.get("k"), m.get("max_runs")
     lo, hi = (list(m.get("interval") or []) + [None, None])[:2]
     ci = f" ({m.get('confidence', 95):g}% bootstrap interval: {_k_range(lo, hi, max_runs)})"
@@ -76,6 +76,14 @@ def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, b
     if k == 1:
         return f"one {base} run already matches one {name} run on average{ci}"
     return f"one {name} run ≈ {k} {base} runs{ci}"
+
+
+def _mean_differs(versus: Mapping | None) -> bool:
+    """Whether Welch's test calls the means different at 5% (on the Holm-adjusted p where there is one)."""
+    versus = versus or {}
+    p = _num(versus.get("t_p_holm"))
+    p = _num(versus.get("t_p")) if p is None else p
+    return p is not None and p < 0.05
 
 
 def _undefined_reason(s: Mapping, bs: Mapping) -> str:
@@ -148,8 +156,9 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
             no_better.append(name)
             continue
         clauses = [_match_clause(name, b_name, found[b_name], scale, digits,
-                                 (recipes[b_name].summary or {}).get("mean")) for b_name in baselines
-                   if b_name in found and b_name != name]
+                                 (recipes[b_name].summary or {}).get("mean") if b_name == base
+                                 and not _mean_differs(e.vs_baseline) else None)
+                   for b_name in baselines if b_name in found and b_name != name]
         text = "; ".join(clauses)
         better.append(text[0].upper() + text[1:] + ".")
     head += better
