@@ -134,7 +134,8 @@ def _labels(text: str) -> list[str]:
     """``a,b,c`` -> ``["a", "b", "c"]`` (a recipe label holds no comma)."""
     labels = [part.strip() for part in text.split(",")]
     if not all(labels):
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated recipe labels, none empty (e.g. zhang2021,zhang+swa0.75)")
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated recipe labels, none empty "
+                                         "(e.g. zhang2021,zhang+swa0.75)")
     return labels
 
 
