@@ -145,7 +145,7 @@ def resume_refusals(output: Path, model: str, data_dir: str | None,
     """Why resuming each pass ``(cells, recipes or None, seeds)`` in ``output`` would be refused, one line per cell
     (empty: every pass resumes its records). Plans each cell against its ``runs.jsonl`` as ``run_sweep`` would,
     before anything is loaded or run: a time-boxed session (the GPU's) learns it at once, not at its pass."""
-    from hf_stable_ft.experiment import _plan, parse_recipe
+    from hf_stable_ft.experiment import plan_sweep
 
     refusals = []
     for cell_names, recipes, seeds in passes:
@@ -155,8 +155,7 @@ def resume_refusals(output: Path, model: str, data_dir: str | None,
                 continue
             config = _config(cell, model, data_dir, output / "mnli_subset_intermediate")
             try:
-                _plan(directory, config, [parse_recipe(r) for r in cell.recipes], resume=True, overwrite=False,
-                      repair=False)
+                plan_sweep(config, directory, resume=True)
             except ValueError as error:
                 refusals.append(f"{cell.name} ({recipes or 'every recipe'}): {error}")
     return refusals

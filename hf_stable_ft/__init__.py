@@ -76,7 +76,7 @@ _LAZY = {
     "summarize": "stats", "expected_max_performance": "stats", "expected_max_curve": "stats",
     "bootstrap_expected_test": "stats", "compare_to_baseline": "stats", "degenerate_record": "stats",
     "constant_prediction_loss": "stats", "holm_adjust": "stats", "degenerate_rate_test": "stats",
-    "SweepConfig": "experiment", "run_sweep": "experiment", "run_single": "experiment", "train_once": "experiment",
+    "SweepConfig": "experiment", "run_sweep": "experiment", "plan_sweep": "experiment", "SweepPlan": "experiment", "run_single": "experiment", "train_once": "experiment",
     "run_transfer": "experiment",
     "write_report": "report", "summarize_runs": "report", "load_runs": "report", "verdict": "report",
     "SweepSummary": "report", "runs_to_match": "stats",

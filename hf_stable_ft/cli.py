@@ -232,6 +232,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true",
                        help="start over: the previous records are moved aside to runs.jsonl.bak-<time>, not deleted")
     sweep.add_argument("--report", action="store_true", help="write the report when the sweep ends")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print the runs this command would start (and retry) or why it would be refused; load, "
+                            "run and write nothing")
     sweep.add_argument("--backend", default="local", choices=["local", "processes", "ray"],
                        help="where the runs execute: local (one after another here), processes (--max-concurrent "
                             "worker processes here, e.g. packed on one GPU) or ray (one Ray task per run; "
@@ -378,12 +381,16 @@ def _run(parser: argparse.ArgumentParser, options: argparse.Namespace, rest: lis
         return 0
 
     if options.command == "sweep":
-        from .experiment import SweepDirectoryLocked, run_sweep
+        from .experiment import SweepDirectoryLocked, plan_sweep, run_sweep
         from .sweep_backends import make_backend
 
         try:
             config = _sweep_config(options, training, options.recipes.split(","), _seeds(options.seeds),
                                    label_map=_label_map(options.label_map))
+            if options.dry_run:
+                print(plan_sweep(config, options.output, resume=options.resume, overwrite=options.overwrite))
+                print("(--dry-run: nothing was run or written)")
+                return 0
             backend = make_backend(options.backend, address=options.address, cpus_per_run=options.cpus_per_run,
                                    gpus_per_run=options.gpus_per_run, max_concurrent=options.max_concurrent)
             path = run_sweep(config, options.output, resume=options.resume, overwrite=options.overwrite,

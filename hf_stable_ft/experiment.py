@@ -72,6 +72,8 @@ __all__ = [
     "prepare_task",
     "run_single",
     "run_sweep",
+    "plan_sweep",
+    "SweepPlan",
     "read_finished_runs",
     "SweepDirectoryLocked",
 ]
@@ -872,6 +874,53 @@ def _plan(output: Path, config: SweepConfig, recipes: list[RecipeSpec], resume: 
     return todo, retries, previous
 
 
+def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
+                         "--overwrite sets them aside; pass one")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """What :func:`run_sweep` would do in ``output``, decided from its records and the recipes alone.
+
+    ``to_run``: the run ids (``label/seed=N``) left, in the order they would start (seed-major); ``retries``: those
+    of them whose last record failed; ``recorded``: the config's runs already finished; ``moves_aside``: whether
+    ``overwrite`` would move the directory's records aside (``runs.jsonl.bak-<time>``) before running."""
+
+    output: Path
+    to_run: list[str]
+    retries: list[str]
+    recorded: list[str]
+    moves_aside: bool = False
+
+    def __str__(self) -> str:
+        retrying = f" ({len(self.retries)} retrying a failed record)" if self.retries else ""
+        head = f"{self.output}: {len(self.to_run)} run(s) to run{retrying}, {len(self.recorded)} recorded"
+        if self.moves_aside:
+            head += "; --overwrite: the existing records would be moved aside (runs.jsonl.bak-<time>), not deleted"
+        retried = set(self.retries)
+        return "\n".join([head, *(f"  {run_id}{' (retry)' if run_id in retried else ''}" for run_id in self.to_run)])
+
+
+def plan_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool = False,
+               overwrite: bool = False) -> SweepPlan:
+    """A dry run of :func:`run_sweep`: the :class:`SweepPlan` it would follow, or the ``ValueError`` it would raise
+    (a recipe the shared flags reject, a directory holding a different sweep without ``resume``, a label whose
+    recorded runs had other settings), before anything is loaded, run, created or written. The data and the model
+    are checked only when the sweep itself starts."""
+    recipes = _validate_recipes(config)
+    _check_resume_or_overwrite(resume, overwrite)
+    output = Path(output)
+    todo, retries, _ = _plan(output, config, recipes, resume, overwrite, repair=False)
+    to_run = [f"{spec.label}/seed={seed}" for spec, seed in todo]
+    left = set(to_run)
+    recorded = [run_id for seed in config.seeds for spec in recipes
+                if (run_id := f"{spec.label}/seed={seed}") not in left]
+    return SweepPlan(output=output, to_run=to_run, retries=retries, recorded=recorded,
+                     moves_aside=overwrite and (output / RUNS_FILE).exists())
+
+
 def _write_sweep_file(output: Path, config: SweepConfig, previous: dict | None) -> None:
     """``sweep.json``: the current config on top, every config the directory was swept with in ``history`` (each
     with the time it started and the command line of the process that ran it)."""
@@ -988,9 +1037,7 @@ def execute_sweep(config: Any, output: str | os.PathLike, recipes: list[RecipeSp
     from .sweep_backends import LocalBackend
 
     backend = LocalBackend() if backend is None else backend
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: --resume adds runs to the directory's records, "
-                         "--overwrite sets them aside; pass one")
+    _check_resume_or_overwrite(resume, overwrite)
     output = Path(output)
     runs_path = output / RUNS_FILE
     _check_output_usable(output)

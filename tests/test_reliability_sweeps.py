@@ -568,3 +568,45 @@ def test_a_sweep_recorded_in_another_checkout_resumes_with_the_embedded_model(ti
     with pytest.raises(ValueError, match=r"'stock'.*shared\.model: .*clone_a.*\(recorded\) vs .*my_models"):
         run_sweep(_config({**tiny, "model": str(elsewhere)}, seeds=(0, 1, 2)), out, resume=True, progress=False)
     assert count_runs == ["stock/seed=0", "stock/seed=1"]
+
+
+def test_plan_sweep_says_what_a_sweep_would_run_and_runs_nothing(tiny, tmp_path, monkeypatch, count_runs, capsys):
+    """``plan_sweep`` (and ``sweep --dry-run``) answers from the records alone what ``run_sweep`` would do: the
+    runs left, seed-major, which of them retry a failed record, the ones already recorded; or the refusal the sweep
+    would raise. Nothing is loaded, trained, created or written."""
+    from hf_stable_ft import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan = plan_sweep(_config(tiny, recipes=("stock", "devlin2019"), seeds=(0, 1)), out)
+    assert plan.to_run == ["stock/seed=0", "devlin2019/seed=0", "stock/seed=1", "devlin2019/seed=1"]
+    assert plan.retries == [] and plan.recorded == [] and not out.exists()
+
+    _fail_seed_once(monkeypatch, seed=1)
+    run_sweep(_config(tiny, seeds=(0, 1)), out, progress=False)
+    before = (out / "runs.jsonl").read_bytes(), (out / "sweep.json").read_bytes()
+    plan = plan_sweep(_config(tiny, seeds=(0, 1, 2)), out)
+    assert plan.recorded == ["stock/seed=0"]
+    assert plan.to_run == ["stock/seed=1", "stock/seed=2"] and plan.retries == ["stock/seed=1"]
+    assert "2 run(s) to run (1 retrying a failed record), 1 recorded" in str(plan)
+    assert count_runs == ["stock/seed=0", "stock/seed=1"]
+
+    # the sweep's own refusals, before anything is loaded
+    with pytest.raises(ValueError, match=r"'stock'.*learning_rate.*new recipe label"):
+        plan_sweep(_config(tiny, seeds=(0, 1), learning_rate=1e-3), out, resume=True)
+    with pytest.raises(ValueError, match="--resume and --overwrite"):
+        plan_sweep(_config(tiny), out, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="holds a different sweep"):
+        plan_sweep(_config(tiny, recipes=("devlin2019",)), out)
+    overwrite = plan_sweep(_config(tiny, seeds=(0, 1)), out, overwrite=True)
+    assert overwrite.to_run == ["stock/seed=0", "stock/seed=1"] and overwrite.moves_aside
+    assert "moved aside" in str(overwrite)
+
+    # the CLI: the plan printed, exit 0, nothing run or written; a refusal is one line, exit 2
+    assert cli.main(_argv(tiny, out, "--dry-run", seeds="3")) == 0
+    printed = capsys.readouterr().out
+    assert "stock/seed=1 (retry)" in printed and "stock/seed=2" in printed and "nothing was run" in printed
+    line = _cli_error(_argv(tiny, out, "--dry-run", "--resume", "--learning_rate", "1e-3", seeds="3"), capsys)
+    assert "'stock'" in line and "learning_rate" in line
+    assert ((out / "runs.jsonl").read_bytes(), (out / "sweep.json").read_bytes()) == before
+    assert count_runs == ["stock/seed=0", "stock/seed=1"] and sorted(p.name for p in out.iterdir()) == [
+        "runs.jsonl", "sweep.json"]
