@@ -13,8 +13,16 @@ at every evaluation, so the rule stops all of them wherever it is applied; what 
 how many healthy runs it stops too (a run that would have learned, lost) and how much of a degenerate run's cost
 it saves (1 − the fraction of updates done). Only finished runs are used (aborted ones never ran to the end).
 
+The same records answer a second question, about ``restart_degenerate_runs``'s own trigger: the degenerate-run
+alarm's loss test (:func:`hf_stable_ft.diagnostics.loss_alarm_step`, the callback's rule replayed on each finished
+run's logged training loss, check at ``--check-fraction`` of the updates as the ``restart2`` recipes set it): in
+how many healthy and how many degenerate runs would it fire? A recipe whose runs it never fires on trains exactly
+the same runs with restarts switched on. ``--restarts LABEL=BASE`` checks the replay against measured restarts:
+each attempt of LABEL's runs (seed s + k) is compared with the replay of BASE's run of that seed.
+
     python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 --recipes devlin2019,debiased3ep
     python benchmarks/early_signal.py <cell> ... --output benchmarks/results/early_signal.md
+    python benchmarks/early_signal.py <cell> --recipes debiased3ep,zhang2021 --restarts restart2=debiased3ep
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_stable_ft.diagnostics import loss_alarm_step
 from hf_stable_ft.records import RunRecord, read_records
 from hf_stable_ft.stats import degenerate_record, degenerate_run
 
@@ -73,6 +82,75 @@ def signal_table(records: Sequence[Mapping]) -> list[SignalRow]:
     return rows
 
 
+def replayed_alarm(record: Mapping, check_fraction: float = 0.3) -> int | None:
+    """The update at which the degenerate alarm's loss test would first fire on a finished run's logged training
+    loss (None: never), with the constant predictor's loss its record keeps."""
+    history = [{"step": int(step), "loss": float(loss)} for step, loss in record.get("train_loss") or []]
+    return loss_alarm_step(history, max_steps=int(record["global_step"]),
+                           constant_prediction_loss=float(record["constant_prediction_loss"]),
+                           check_fraction=check_fraction)
+
+
+@dataclass(frozen=True)
+class AlarmRow:
+    """The loss test replayed on one recipe's finished runs."""
+
+    runs: int
+    degenerate_fired: int
+    degenerate: int
+    healthy_fired: int
+    healthy: int
+    first: float | None  # earliest and latest alarm, as shares of the run's updates
+    last: float | None
+
+
+def alarm_row(records: Sequence[Mapping], check_fraction: float = 0.3) -> AlarmRow | None:
+    runs = [r for r in records if r.get("status") == "finished" and r.get("train_loss")]
+    if not runs:
+        return None
+    fired = [replayed_alarm(r, check_fraction) for r in runs]
+    flags = [bool(degenerate_record(r)) for r in runs]
+    shares = [step / int(r["global_step"]) for step, r in zip(fired, runs) if step is not None]
+    return AlarmRow(runs=len(runs), degenerate_fired=sum(f is not None and d for f, d in zip(fired, flags)),
+                    degenerate=flags.count(True), healthy_fired=sum(f is not None and not d for f, d in zip(fired, flags)),
+                    healthy=flags.count(False), first=min(shares, default=None), last=max(shares, default=None))
+
+
+def restart_check(restarted: Sequence[Mapping], base: Sequence[Mapping], check_fraction: float = 0.3
+                  ) -> list[tuple[int, int | None, int | None]]:
+    """``(seed, measured alarm update or None, replayed alarm update or None)`` for every attempt of the
+    ``restarted`` runs (``settings.hf_stable_ft_restarts.attempts``) whose seed has a finished ``base`` run."""
+    by_seed = {int(r["seed"]): r for r in base if r.get("status") == "finished" and r.get("train_loss")}
+    pairs = []
+    for record in restarted:
+        for attempt in ((record.get("settings") or {}).get("hf_stable_ft_restarts") or {}).get("attempts") or []:
+            seed = int(attempt["seed"])
+            if seed in by_seed:
+                pairs.append((seed, (attempt.get("alarm") or {}).get("step"), replayed_alarm(by_seed[seed],
+                                                                                              check_fraction)))
+    return pairs
+
+
+def alarm_markdown(cell: str, rows: Mapping[str, AlarmRow], check_fraction: float) -> str:
+    lines = [f"**{cell}: the degenerate alarm's loss test replayed** (check from {check_fraction:.0%} of the updates, "
+             "as `restart_degenerate_runs` uses it)", "",
+             "| recipe | finished runs | fires on degenerate runs | fires on healthy runs | alarms at (share of the run) |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        at = "never" if r.first is None else f"{r.first:.0%}" + ("" if r.last == r.first else f"–{r.last:.0%}")
+        lines.append(f"| {name} | {r.runs} | {r.degenerate_fired}/{r.degenerate} | {r.healthy_fired}/{r.healthy} | {at} |")
+    return "\n".join(lines)
+
+
+def restart_markdown(cell: str, label: str, base: str, pairs: Sequence[tuple[int, int | None, int | None]]) -> str:
+    agree = sum((measured is None) == (replayed is None) for _, measured, replayed in pairs)
+    gaps = [abs(m - r) for _, m, r in pairs if m is not None and r is not None]
+    gap = f"; where both fired, the updates differ by at most {max(gaps)}" if gaps else ""
+    return (f"**{cell}: the replay against measured restarts** — {len(pairs)} attempts of `{label}` whose seed has a "
+            f"`{base}` run: the replay on that run agrees whether the alarm fires in {agree}/{len(pairs)}{gap} (the "
+            "live callback also tests at the check update itself, which the base run's log lacks).")
+
+
 def cell_records(cell: Path) -> list[RunRecord]:
     """A cell's records: its ``runs.jsonl`` when a sweep left one, else its committed ``runs.jsonl.gz`` (read,
     not restored: this script writes nothing into the cell)."""
@@ -99,19 +177,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("cells", nargs="+", help="stability cell directories (runs.jsonl or runs.jsonl.gz)")
     parser.add_argument("--recipes", required=True, help="comma-separated recipe labels")
     parser.add_argument("--output", help="write the tables here (markdown); default: print them")
+    parser.add_argument("--check-fraction", type=float, default=0.3,
+                        help="the loss test's check point, as a share of the updates (default 0.3, restart2's)")
+    parser.add_argument("--restarts", default=None,
+                        help="LABEL=BASE[,...]: check the replay against the measured attempts of LABEL's runs")
     options = parser.parse_args(argv)
+    if not 0 < options.check_fraction < 1:
+        parser.error(f"--check-fraction: a share of the updates in (0, 1); got {options.check_fraction}")
     wanted = options.recipes.split(",")
+    restarts = [tuple(pair.split("=", 1)) for pair in options.restarts.split(",")] if options.restarts else []
+    if any(len(pair) != 2 or not all(pair) for pair in restarts):
+        parser.error(f"--restarts: LABEL=BASE pairs, comma-separated; got {options.restarts!r}")
     records = {cell: [r.to_dict() for r in cell_records(cell)] for cell in map(Path, options.cells)}
     present = {r["recipe"] for cell_runs in records.values() for r in cell_runs}
     missing = [name for name in wanted if name not in present]
     if missing:
         parser.error(f"--recipes: {missing} have no records in {options.cells}; they have {sorted(present)}")
+    missing = [name for pair in restarts for name in pair if name not in present]
+    if missing:
+        parser.error(f"--restarts: {missing} have no records in {options.cells}; they have {sorted(present)}")
     parts = []
     for cell, cell_runs in records.items():
+        name_of_cell = f"{cell.parent.name}/{cell.name}"
+        alarms = {}
         for name in wanted:  # a recipe some cells lack is shown where it is
-            rows = signal_table([r for r in cell_runs if r["recipe"] == name])
+            of_recipe = [r for r in cell_runs if r["recipe"] == name]
+            rows = signal_table(of_recipe)
             if rows:
-                parts.append(markdown(f"{cell.parent.name}/{cell.name}", name, rows))
+                parts.append(markdown(name_of_cell, name, rows))
+            row = alarm_row(of_recipe, options.check_fraction)
+            if row is not None:
+                alarms[name] = row
+        if alarms:
+            parts.append(alarm_markdown(name_of_cell, alarms, options.check_fraction))
+        for label, base in restarts:
+            pairs = restart_check([r for r in cell_runs if r["recipe"] == label],
+                                  [r for r in cell_runs if r["recipe"] == base], options.check_fraction)
+            if pairs:
+                parts.append(restart_markdown(name_of_cell, label, base, pairs))
     text = "\n\n".join(parts) + "\n"
     if options.output:
         Path(options.output).write_text(text)

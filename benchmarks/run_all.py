@@ -37,6 +37,15 @@ COMMANDS = {
 }
 
 
+
+#: how benchmarks/results/early_signal.md is made
+EARLY_SIGNAL_COMMAND = (
+    "python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
+    "benchmarks/results/stability_cpu/cola-1k-lr2e-5 benchmarks/results/stability_gpu/cola-1k-lr2e-5 "
+    "benchmarks/results/stability_cpu/sst2-1k-lr2e-5 --recipes devlin2019,debiased3ep,zhang2021,mosbach2021 "
+    "--restarts restart2=debiased3ep --output benchmarks/results/early_signal.md")
+
+
 def run(names: list[str], device: str) -> None:
     for name in names:
         command = COMMANDS[name].format(device=device).replace("python", sys.executable, 1)
@@ -176,14 +185,13 @@ def assemble() -> Path:
                           f"/report.md`]({on_zhang.relative_to(ROOT)}/report.md)", ""]
     early = _read("early_signal.md")
     if early:
-        parts += ["### Is a degenerate seed visible early? (a validation stopping rule, offline)", "",
-                  "Command: `python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
-                  "benchmarks/results/stability_gpu/cola-1k-lr2e-5 benchmarks/results/stability_cpu/sst2-1k-lr2e-5 "
-                  "--recipes devlin2019,debiased3ep,zhang2021,"
-                  "mosbach2021 --output benchmarks/results/early_signal.md` (the committed records; nothing is "
+        parts += ["### Is a degenerate seed visible early? (a validation stopping rule and the loss alarm, offline)", "",
+                  f"Command: `{EARLY_SIGNAL_COMMAND}` (the committed records; nothing is "
                   "trained). The rule stops a run at an evaluation when its best validation score so far is not above "
                   "the majority class; it stops every run that ends degenerate, so what matters is how many healthy "
-                  "runs it stops too.", "", early, ""]
+                  "runs it stops too. The second table of each cell replays the degenerate alarm's loss test "
+                  "(`restart_degenerate_runs`' trigger) on each finished run's logged training loss; the restart "
+                  "check compares that replay with the alarms the `restart2` runs actually raised.", "", early, ""]
     parts += _section(*scale)
     parts += _section("3b. Sweep backends: serial, worker processes, Ray", ["sweep_cuda.md", "sweep_cpu.md"],
                       "Command: `python benchmarks/bench_sweep.py --output benchmarks/results/sweep_cpu.md` (issue #16 "

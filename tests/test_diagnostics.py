@@ -360,3 +360,49 @@ def test_labels_are_read_from_datasets_and_missing_labels_fail_clearly(tmp_path)
                       callbacks=[DegenerateRunCallback(check_fraction=0.5)])
     with pytest.raises(ValueError, match="constant_prediction_loss="):
         trainer.train()
+
+
+def test_loss_alarm_step_replays_the_loss_test_on_a_logged_history():
+    """The loss test applied offline to a run's logs (``loss_alarm_step``), against values written out by hand:
+    100 updates, check from update ceil(0.3·100) = 30, window ceil(0.1·100) = 10 updates, threshold 0.6."""
+    from hf_stable_ft.diagnostics import loss_alarm_step
+
+    def history(points):
+        return [{"loss": loss, "step": step} for step, loss in points] + [{"eval_accuracy": 0.5, "step": 40}]
+
+    # a logged loss stands for the updates since the previous log; logs every 5 updates, so the smoothed loss at
+    # update s is the mean of the logs at s-5 and s (5 updates each)
+    healthy = history([(5, 0.7), (10, 0.7), (15, 0.7), (20, 0.7), (25, 0.65), (30, 0.55), (35, 0.5), (40, 0.7),
+                       (45, 0.4)])
+    # at 30: (0.65·5 + 0.55·5) / 10 = 0.60 → not below 0.6: fires at 30
+    assert loss_alarm_step(healthy, max_steps=100, constant_prediction_loss=0.6) == 30
+    # threshold 0.61: 30 → 0.60 passes; 35 → (0.55+0.5)/2 = 0.525; 40 → (0.5+0.7)/2 = 0.60; 45 → 0.55: never
+    assert loss_alarm_step(healthy, max_steps=100, constant_prediction_loss=0.61) is None
+    # before the check update nothing is tested (0.7 at 5 and 10 is above 0.6 but too early)
+    assert loss_alarm_step(history([(5, 0.9), (10, 0.9), (30, 0.1), (40, 0.1)]), max_steps=100,
+                           constant_prediction_loss=0.6) is None
+    # a late rise fires where it happens: at 30, 0.5; at 40, 0.59 (each log stands for 10 updates); at 50, 0.7
+    assert loss_alarm_step(history([(30, 0.5), (40, 0.59), (50, 0.7)]), max_steps=100,
+                           constant_prediction_loss=0.6) == 50
+    # a non-finite logged loss fires at once, from any update
+    assert loss_alarm_step(history([(5, float("nan"))]), max_steps=100, constant_prediction_loss=0.6) == 5
+    assert loss_alarm_step(healthy, max_steps=100, constant_prediction_loss=0.6, check_fraction=0) is None
+    with pytest.raises(ValueError, match="check_fraction"):
+        loss_alarm_step(healthy, max_steps=100, constant_prediction_loss=0.6, check_fraction=1.5)
+
+
+def test_loss_alarm_step_agrees_with_the_live_callback(tmp_path):
+    """Replayed on the log the run wrote, the offline test names the update the callback fired at."""
+    from hf_stable_ft.diagnostics import loss_alarm_step
+
+    dataset = SkewedDataset()
+    args = tiny_args(tmp_path / "out", learning_rate=1e-9, degenerate_check_fraction=0.3, logging_steps=2)
+    trainer = StableTrainer(model=tiny_model("bert", tmp_path), args=args, train_dataset=dataset)
+    trainer.train()
+    alarm = summarize_diagnostics(trainer.state.log_history)["degenerate_alarm"]
+    assert alarm is not None
+    replayed = loss_alarm_step(trainer.state.log_history, max_steps=trainer.state.max_steps,
+                               constant_prediction_loss=alarm["constant_prediction_loss"])
+    assert replayed == alarm["step"]
+    assert loss_alarm_step(trainer.state.log_history, max_steps=trainer.state.max_steps,
+                           constant_prediction_loss=alarm["train_loss"] + 1.0) is None

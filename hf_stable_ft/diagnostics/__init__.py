@@ -62,7 +62,7 @@ read at the same update everywhere, so an abort is decided identically on every 
 a shard of each gradient/parameter per rank: the group norms would be per-shard values and are not supported.
 """
 
-from .degenerate import ALARM_KEY, DegenerateAlarm, DegenerateRunCallback
+from .degenerate import ALARM_KEY, DegenerateAlarm, DegenerateRunCallback, loss_alarm_step
 from .distance import DISTANCE_PREFIX, ParameterDistanceCallback
 from .from_args import callbacks_from_args
 from .grad_norms import GRAD_NORM_PREFIX, LayerGradNormCallback
@@ -83,6 +83,7 @@ __all__ = [
     "dataset_labels",
     "group_order",
     "layer_groups",
+    "loss_alarm_step",
     "place_before_reporters",
     "summarize_diagnostics",
 ]

@@ -19,7 +19,7 @@ from .groups import layer_groups
 from .labels import dataset_labels
 from .logs import _check_every, _is_training_record, _merge_into_log, _StepValues
 
-__all__ = ["ALARM_KEY", "DegenerateAlarm", "DegenerateRunCallback"]
+__all__ = ["ALARM_KEY", "DegenerateAlarm", "DegenerateRunCallback", "loss_alarm_step"]
 
 logger = logging.getLogger("hf_stable_ft.diagnostics")
 
@@ -168,9 +168,8 @@ class DegenerateRunCallback(TrainerCallback):
         )
         self._watched = _top_group_parameters(model) if model is not None else []
         self._checks = []
-        max_steps = max(int(state.max_steps or 0), 1)
-        self._window = max(1, math.ceil(self.window_fraction * max_steps))
-        self._check_step = max(1, math.ceil(self.check_fraction * max_steps)) if self.check_fraction > 0 else 0
+        self._check_step, self._window = _loss_test_schedule(state.max_steps, self.check_fraction,
+                                                             self.window_fraction)
         self._threshold = None
         if self._check_step:
             if self.constant_prediction_loss is not None:
@@ -213,7 +212,7 @@ class DegenerateRunCallback(TrainerCallback):
             alarm = DegenerateAlarm(state.global_step, "nonfinite", train_loss=loss, aborted=self.abort)
         elif self._check_step and state.global_step >= self._check_step:
             smoothed = _smoothed_loss(state.log_history, state.global_step, self._window)
-            if smoothed is None or smoothed < self._threshold:
+            if not _not_below(smoothed, self._threshold):
                 return
             alarm = DegenerateAlarm(state.global_step, "not_below_constant_loss", train_loss=smoothed,
                                     constant_prediction_loss=self._threshold, aborted=self.abort)
@@ -287,6 +286,46 @@ def _collective_device() -> torch.device:
     if backend == "nccl" and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def loss_alarm_step(log_history: list[dict], *, max_steps: int, constant_prediction_loss: float,
+                    check_fraction: float = 0.3, window_fraction: float = 0.1) -> int | None:
+    """The update at which :class:`DegenerateRunCallback`'s loss tests would first fire on an already logged run,
+    or None: a finished run's ``log_history`` (or a sweep record's ``train_loss`` as ``{"step", "loss"}`` dicts)
+    replayed offline, e.g. to ask whether ``restart_degenerate_runs`` would have restarted a recorded run.
+
+    The same rule as the live callback: a non-finite logged loss fires at its update; from update
+    ``ceil(check_fraction · max_steps)`` on, at every logged training loss, the step-weighted mean of the logged
+    losses over the last ``ceil(window_fraction · max_steps)`` updates fires when not below
+    ``constant_prediction_loss``. Replayed on the log the callback saw, the update is the callback's. A log written
+    without the callback lacks the training log it forces at the check update and every window after, so the
+    first test falls at the first logged update from the check on (the non-finite weights test needs the weights,
+    and is not replayed)."""
+    if check_fraction is None or not 0 <= check_fraction < 1:
+        raise ValueError(f"check_fraction must be in [0, 1); got {check_fraction!r}")
+    check_step, window = _loss_test_schedule(max_steps, check_fraction, window_fraction)
+    for record in log_history:
+        if not _is_training_record(record) or "step" not in record:
+            continue
+        step, loss = int(record["step"]), float(record["loss"])
+        if not math.isfinite(loss):
+            return step
+        if check_step and step >= check_step and _not_below(_smoothed_loss(log_history, step, window),
+                                                             float(constant_prediction_loss)):
+            return step
+    return None
+
+
+def _loss_test_schedule(max_steps: int | None, check_fraction: float, window_fraction: float) -> tuple[int, int]:
+    """(first update of the loss test, 0 when it is off; smoothing window in updates) for a run of max_steps."""
+    max_steps = max(int(max_steps or 0), 1)
+    window = max(1, math.ceil(window_fraction * max_steps))
+    return (max(1, math.ceil(check_fraction * max_steps)) if check_fraction > 0 else 0), window
+
+
+def _not_below(smoothed: float | None, threshold: float) -> bool:
+    """The loss test: a smoothed training loss not below the constant predictor's fires the alarm."""
+    return smoothed is not None and not smoothed < threshold
 
 
 def _smoothed_loss(log_history: list[dict], step: int, window: int) -> float | None:
