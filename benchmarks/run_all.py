@@ -36,8 +36,6 @@ COMMANDS = {
     "stability": "python benchmarks/stability.py --output benchmarks/results/stability_{device} --workers 12",
 }
 
-
-
 #: how benchmarks/results/early_signal.md is made
 EARLY_SIGNAL_COMMAND = (
     "python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
