@@ -247,7 +247,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="seeds of the 1k cells")
     parser.add_argument("--seeds-full", type=int, default=5, help="seeds of the full-training-set cells")
     parser.add_argument("--seed-block", type=int, default=5,
-                        help="seeds per pass over the cells: a time box leaves every cell with about the same seeds")
+                        help="seeds per pass over the cells: a time box leaves every cell with about the same seeds. "
+                             "Each block ends when its last run does (a worker may wait meanwhile); for one cell, "
+                             "one block of all seeds balances a time box as well, since a sweep starts its runs "
+                             "seed-major")
     parser.add_argument("--intermediate-train-size", type=int, default=None, help="MNLI_subset sample (default: all 9k)")
     parser.add_argument("--cells", default=None, help="comma-separated cell names (default: all)")
     parser.add_argument("--recipes", default=None,
