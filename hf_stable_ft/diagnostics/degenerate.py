@@ -290,7 +290,7 @@ def _collective_device() -> torch.device:
 
 def loss_alarm_step(log_history: list[dict], *, max_steps: int, constant_prediction_loss: float,
                     check_fraction: float = 0.3, window_fraction: float = 0.1) -> int | None:
-    """The update at which :class:`DegenerateRunCallback`'s loss tests would first fire on an already logged run,
+    """The update at which :class:`DegenerateRunCallback`'s tests of the logged loss would first fire on an already logged run,
     or None: a finished run's ``log_history`` (or a sweep record's ``train_loss`` as ``{"step", "loss"}`` dicts)
     replayed offline, e.g. to ask whether ``restart_degenerate_runs`` would have restarted a recorded run.
 
