@@ -81,7 +81,8 @@ _LAZY = {
     "write_report": "report", "summarize_runs": "report", "load_runs": "report", "verdict": "report",
     "SweepSummary": "report", "runs_to_match": "stats",
     "Task": "tasks", "DataSpec": "data", "load_task": "data", "compute_metrics_for": "metrics",
-    "run_trainer_sweep": "trainer_sweep", "trainer_class_for": "trainer_sweep",
+    "run_trainer_sweep": "trainer_sweep", "plan_trainer_sweep": "trainer_sweep",
+    "trainer_class_for": "trainer_sweep",
     "RunRecord": "records", "read_records": "records", "RecipeSpec": "recipe_variants", "parse_recipe": "recipe_variants",
 }
 __all__ += sorted(_LAZY)

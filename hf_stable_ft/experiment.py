@@ -909,7 +909,13 @@ def plan_sweep(config: SweepConfig, output: str | os.PathLike, *, resume: bool =
     (a recipe the shared flags reject, a directory holding a different sweep without ``resume``, a label whose
     recorded runs had other settings), before anything is loaded, run, created or written. The data and the model
     are checked only when the sweep itself starts."""
-    recipes = _validate_recipes(config)
+    return sweep_plan(config, output, _validate_recipes(config), resume=resume, overwrite=overwrite)
+
+
+def sweep_plan(config: Any, output: str | os.PathLike, recipes: list[RecipeSpec], *, resume: bool,
+               overwrite: bool) -> SweepPlan:
+    """The :class:`SweepPlan` of any kind of sweep (``config`` and validated ``recipes`` as :func:`execute_sweep`
+    takes them): what :func:`plan_sweep` and :func:`hf_stable_ft.trainer_sweep.plan_trainer_sweep` return."""
     _check_resume_or_overwrite(resume, overwrite)
     output = Path(output)
     todo, retries, _ = _plan(output, config, recipes, resume, overwrite, repair=False)

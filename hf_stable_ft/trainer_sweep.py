@@ -54,6 +54,8 @@ from .experiment import (
     _validate_recipes,
     execute_sweep,
     failed_record,
+    SweepPlan,
+    sweep_plan,
     train_and_record,
 )
 from .records import json_safe
@@ -62,7 +64,7 @@ from .stats import constant_prediction_loss
 from .tasks import CLASSIFICATION, REGRESSION, Task
 from .trainer import StableTrainer
 
-__all__ = ["TrainerSweepConfig", "TrainerFactoryTask", "run_trainer_sweep", "trainer_class_for"]
+__all__ = ["TrainerSweepConfig", "TrainerFactoryTask", "run_trainer_sweep", "plan_trainer_sweep", "trainer_class_for"]
 
 #: Label columns looked for in ``train_dataset`` / the eval splits, in this order.
 LABEL_COLUMNS = ("label", "labels", "label_ids")
@@ -309,6 +311,47 @@ def run_factory_single(prepared: TrainerFactoryTask, recipe, seed: int, output_d
     return train_and_record(trainer, recipe, seed, prepared)
 
 
+def _sweep_config(make_trainer: Callable, metric: str, recipes: Iterable[str], seeds: Iterable[int],
+                  training: Mapping[str, Any] | None, name: str, evaluations_per_run: int,
+                  greater_is_better: bool) -> tuple[TrainerSweepConfig, list]:
+    """The sweep's config and its validated recipes (every recipe's arguments built with ``training``)."""
+    if not callable(make_trainer):
+        raise TypeError(f"make_trainer must be a function args -> Trainer; got {type(make_trainer).__name__}")
+    if greater_is_better is not True:
+        raise ValueError(_LOWER_IS_BETTER_SWEEP.replace("--metric-direction lower", "greater_is_better=False"))
+    config = TrainerSweepConfig(task=name, metric=metric, recipes=list(recipes), seeds=list(seeds),
+                                training=dict(training or {}), evaluations_per_run=evaluations_per_run,
+                                factory=_factory_name(make_trainer))
+    return config, _validate_recipes(config, primary=metric)
+
+
+def plan_trainer_sweep(
+    make_trainer: Callable[[TrainingArguments], Trainer],
+    output: str | os.PathLike,
+    *,
+    metric: str,
+    recipes: Iterable[str] = ("devlin2019", "mosbach2021", "zhang2021"),
+    seeds: Iterable[int] = range(5),
+    training: Mapping[str, Any] | None = None,
+    name: str = "custom",
+    evaluations_per_run: int = 10,
+    greater_is_better: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> SweepPlan:
+    """A dry run of :func:`run_trainer_sweep` with the same arguments: the :class:`~hf_stable_ft.experiment.SweepPlan`
+    it would follow (the run ids left, those retrying a failed record, those recorded), or the ``ValueError`` /
+    ``TypeError`` it would raise from its arguments and the directory's records (a bad argument or recipe, a
+    directory holding a different sweep without ``resume``, a label whose recorded runs had other settings).
+
+    ``make_trainer`` is named (a sweep directory belongs to one factory), not called: the probe calls that check
+    what it returns, the baseline and every training happen only when :func:`run_trainer_sweep` starts. Nothing is
+    created or written."""
+    config, specs = _sweep_config(make_trainer, metric, recipes, seeds, training, name, evaluations_per_run,
+                                  greater_is_better)
+    return sweep_plan(config, output, specs, resume=resume, overwrite=overwrite)
+
+
 def run_trainer_sweep(
     make_trainer: Callable[[TrainingArguments], Trainer],
     output: str | os.PathLike,
@@ -354,14 +397,8 @@ def run_trainer_sweep(
     """
     import tempfile
 
-    if not callable(make_trainer):
-        raise TypeError(f"make_trainer must be a function args -> Trainer; got {type(make_trainer).__name__}")
-    if greater_is_better is not True:
-        raise ValueError(_LOWER_IS_BETTER_SWEEP.replace("--metric-direction lower", "greater_is_better=False"))
-    config = TrainerSweepConfig(task=name, metric=metric, recipes=list(recipes), seeds=list(seeds),
-                                training=dict(training or {}), evaluations_per_run=evaluations_per_run,
-                                factory=_factory_name(make_trainer))
-    specs = _validate_recipes(config, primary=metric)
+    config, specs = _sweep_config(make_trainer, metric, recipes, seeds, training, name, evaluations_per_run,
+                                  greater_is_better)
 
     def prepare() -> TrainerFactoryTask:
         with tempfile.TemporaryDirectory(prefix="hf_stable_ft_probe_") as probe:

@@ -13,7 +13,7 @@ import pytest
 from sweep_fixtures import fast_training, make_tiny, sweep_config
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-from hf_stable_ft import experiment, run_trainer_sweep, trainer_class_for
+from hf_stable_ft import experiment, plan_trainer_sweep, run_trainer_sweep, trainer_class_for
 from hf_stable_ft.experiment import prepare_task, read_finished_runs, run_sweep
 from hf_stable_ft.metrics import compute_metrics_for
 from hf_stable_ft.report import write_report
@@ -105,6 +105,44 @@ def test_one_eval_dataset_is_the_validation_split_and_resume_runs_only_the_new_s
     _sweep(prepared, tmp_path / "s", seeds=(0, 1), make_trainer=make_trainer)  # only seed 1 is new
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["run_id"] for r in lines] == ["stock/seed=0", "stock/seed=1"]
+
+
+def test_plan_trainer_sweep_says_what_the_sweep_would_run_without_calling_the_factory(prepared, tmp_path):
+    """The dry run of ``run_trainer_sweep``: the runs left (seed-major), a failed record marked as a retry, and the
+    sweep's own refusals, without one call of ``make_trainer`` and without touching the directory."""
+    calls = []
+    make_trainer = factory(prepared)
+
+    def counting(args):
+        calls.append(args.seed)
+        return make_trainer(args)
+
+    kwargs = dict(metric="accuracy", recipes=["stock", "devlin2019"], training=fast_training(4),
+                  evaluations_per_run=2, name="RTE")
+    out = tmp_path / "s"
+    plan = plan_trainer_sweep(counting, out, seeds=[0, 1], **kwargs)
+    assert plan.to_run == ["stock/seed=0", "devlin2019/seed=0", "stock/seed=1", "devlin2019/seed=1"]
+    assert plan.recorded == [] and plan.retries == [] and calls == [] and not out.exists()
+
+    run_trainer_sweep(counting, out, seeds=[0], progress=False, **kwargs)
+    runs = out / "runs.jsonl"
+    lines = runs.read_text().splitlines()
+    failed = {**json.loads(lines[1]), "status": "failed", "error": "killed"}
+    runs.write_text(lines[0] + "\n" + json.dumps(failed) + "\n")
+    before, ran = runs.read_bytes(), len(calls)
+    plan = plan_trainer_sweep(counting, out, seeds=[0, 1], **kwargs)
+    assert plan.to_run == ["devlin2019/seed=0", "stock/seed=1", "devlin2019/seed=1"]
+    assert plan.retries == ["devlin2019/seed=0"] and plan.recorded == ["stock/seed=0"]
+    assert "3 run(s) to run (1 retrying a failed record), 1 recorded" in str(plan)
+    with pytest.raises(ValueError, match="different sweep"):  # another factory's directory
+        plan_trainer_sweep(factory(prepared), out, seeds=[0, 1], **kwargs)
+    with pytest.raises(ValueError, match="other settings"):
+        plan_trainer_sweep(counting, out, seeds=[0, 1], **{**kwargs, "training": {**fast_training(4),
+                                                                                   "learning_rate": 1e-3}},
+                           resume=True)
+    with pytest.raises(ValueError, match="metric='eval_accuracy'"):
+        plan_trainer_sweep(counting, out, seeds=[0], **{**kwargs, "metric": "eval_accuracy"})
+    assert runs.read_bytes() == before and len(calls) == ran and not (out / "sweep.json.partial").exists()
 
 
 @pytest.mark.parametrize("knobs, error, message", [
