@@ -41,7 +41,7 @@ EARLY_SIGNAL_COMMAND = (
     "python benchmarks/early_signal.py benchmarks/results/stability_cpu/cola-1k-lr1e-4 "
     "benchmarks/results/stability_cpu/cola-1k-lr2e-5 benchmarks/results/stability_gpu/cola-1k-lr2e-5 "
     "benchmarks/results/stability_cpu/sst2-1k-lr2e-5 --recipes devlin2019,debiased3ep,zhang2021,mosbach2021 "
-    "--restarts restart2=debiased3ep --output benchmarks/results/early_signal.md")
+    "--restarts restart2=debiased3ep,zhang+restart2=zhang2021 --output benchmarks/results/early_signal.md")
 
 
 def run(names: list[str], device: str) -> None:

@@ -14,7 +14,10 @@ head drawn from the seed, the top blocks re-drawn and NoisyTune's noise drawn fr
 pretrained weights. A kept copy of the starting state dict cannot give that: it holds the head drawn for the
 first seed, the blocks already re-drawn and perturbed for it, and Mixout has replaced modules. ``model_init``
 (called by the Trainer after ``set_seed(seed + k)``, then prepared by StableTrainer) gives exactly the model an
-independent run with ``seed + k`` gets, so attempt k is bit-identical to a first-try run with those seeds. The
+independent run with ``seed + k`` gets, so attempt k is bit-identical to a first-try run with those seeds.
+StableTrainer seeds the global RNG again after ``model_init`` (whose head draws it consumed), so an attempt trains
+with the dropout masks and data order of the same model passed as ``model=``: a seed that never fires the alarm
+is the run without restarts. The
 optimizer and learning-rate schedule are built anew for each attempt (``Trainer.train`` does so whenever
 ``model_init`` is used) and the data order is re-drawn from the new seed.
 

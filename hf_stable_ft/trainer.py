@@ -9,7 +9,7 @@ import os
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
-from transformers.trainer_utils import HPSearchBackend, get_last_checkpoint
+from transformers.trainer_utils import HPSearchBackend, enable_full_determinism, get_last_checkpoint, set_seed
 
 from .args import ADAMW_OPTIMS, StableTrainingArguments
 from .architectures import ENCODER_LAYOUTS, unwrap_model
@@ -91,6 +91,11 @@ class StableTrainer(Trainer):
             self.args.assign_from(self._args_before_search.with_overrides(**self._trial_params(trial)))
         model = super().call_model_init(trial)
         prepare_model(model, self.args)  # before train() loads any checkpoint into it
+        # Building the model drew from the global RNG (a new task head), which a model= run did before
+        # Trainer.__init__ seeded it. Seed again, so dropout and the data order of a model_init run (and of each
+        # restart attempt) are those of the same model passed as model=: switching restarts on changes no seed
+        # that never fires the alarm.
+        enable_full_determinism(self.args.seed) if self.args.full_determinism else set_seed(self.args.seed)
         return model
 
     def _trial_params(self, trial) -> dict:

@@ -166,6 +166,23 @@ def test_train_command_with_restarts_trains_instead_of_refusing(tiny, tmp_path):
     assert (out / "model.safetensors").exists()
 
 
+def test_a_sweep_seed_that_never_fires_the_alarm_trains_the_same_with_restarts_on(tiny, tmp_path):
+    """Reported defect (2026-12-06): in the stability study `zhang+restart2` and `zhang2021` differed from the first
+    logged loss on, although the alarm never fired in any seed (model_init drew the head after the Trainer's
+    seeding, so dropout and the data order differed). A restart recipe is paired with its base seed by seed."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--task", "rte", "--model", tiny["model"], "--data-dir", tiny["glue"], "--recipes",
+                 "base=devlin2019:adam_bias_correction=true,restart=devlin2019:adam_bias_correction=true:"
+                 "abort_degenerate_runs=true:restart_degenerate_runs=1", "--seeds", "1", "--evaluations", "2",
+                 "--output", str(out), "--max_steps", "4", "--logging_steps", "1", "--per_device_eval_batch_size",
+                 "16", "--use_cpu", "true"]) == 0
+    runs = read_finished_runs(out / "runs.jsonl")
+    base, restart = runs["base/seed=0"], runs["restart/seed=0"]
+    assert restart["settings"]["hf_stable_ft_restarts"]["restarted"] is False
+    assert len(base["train_loss"]) == 4 and restart["train_loss"] == base["train_loss"]
+    assert restart["eval_history"] == base["eval_history"]
+
+
 def test_transfer_runs_both_stages_with_the_label_mapped_head(tiny, tmp_path):
     out = tmp_path / "transfer"
     assert main(["transfer", "--intermediate-task", "mnli_subset", "--task", "rte", "--model", tiny["model"],

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import RandomClassificationDataset, parameters_of, tiny_args
 from tiny_models import tiny_model
-from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, set_seed
 
 from hf_stable_ft import StableFineTuningCallback, StableTrainer, stable_optimizer
 from hf_stable_ft.restarts import RESTARTS_KEY
@@ -82,6 +82,35 @@ def test_a_healthy_first_attempt_is_not_restarted(tmp_path):
     record = trainer.state.stateful_callbacks[RESTARTS_KEY]
     assert [a["seed"] for a in record["attempts"]] == [7]
     assert record["restarted"] is False and record["failed_attempts"] == 0 and record["healthy"] is True
+
+
+def test_a_healthy_first_attempt_is_the_run_without_restarts(tmp_path):
+    """Switching restarts on must not change a seed that never fires the alarm: attempt 0 is the run a user gets
+    with ``model=`` (built after ``set_seed``) and no restarts — same dropout masks, same data order (reported:
+    `zhang+restart2` and `zhang2021` differed from update 20 on although the alarm never fired)."""
+    # a pretrained encoder without the task head, so building the model draws the head from the global RNG (as
+    # from_pretrained of any Hub encoder does); data_seed unset, as in a script that sets only seed
+    encoder = tmp_path / "encoder"
+    tiny_model("bert", tmp_path).bert.save_pretrained(encoder)
+
+    def model_init(trial=None):
+        set_seed(7)  # the head drawn from the run's seed, as a user's model_init (and run_experiment's) does
+        return AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=2)
+
+    settings = dict(SETTINGS, max_steps=6, restart_degenerate_runs=2)
+    with_restarts = StableTrainer(model_init=model_init, args=tiny_args(tmp_path / "restarts", **settings,
+                                                                        data_seed=None),
+                                  train_dataset=RandomClassificationDataset())
+    with_restarts.train()
+    assert with_restarts.state.stateful_callbacks[RESTARTS_KEY]["restarted"] is False
+    plain = StableTrainer(model=model_init(), args=tiny_args(tmp_path / "plain", **dict(SETTINGS, max_steps=6),
+                                                        data_seed=None),
+                          train_dataset=RandomClassificationDataset())
+    plain.train()
+    assert [r["loss"] for r in plain.state.log_history if "loss" in r] == \
+        [r["loss"] for r in with_restarts.state.log_history if "loss" in r]
+    for name, value in parameters_of(plain.model).items():
+        assert torch.equal(parameters_of(with_restarts.model)[name], value), name
 
 
 def test_at_most_n_restarts_and_the_last_attempt_stays_flagged(tmp_path):

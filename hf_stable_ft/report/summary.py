@@ -49,6 +49,7 @@ from ..records import (
     latest_by_run_id,
     read_records,
 )
+from ..restarts import RESTARTS_KEY  # the key of a run's own restart record in its settings
 from ..stats import _finite as _num  # float(x) for a finite number, else None
 from ..stats import (
     bootstrap_expected_test,
@@ -489,10 +490,11 @@ def provenance_line(p: Mapping[str, Any] | None) -> str:
     return " · ".join(x for x in parts if x)
 
 
-#: Settings the "differ" table leaves out: per-run values, and the nested records whose content the flat fields
-#: already show (``hf_stable_ft``: the settings record with each field's source; ``recipe_fields``: the recipe's
-#: explicit fields).
-_NOT_COMPARED = {"seed", "output_dir", "run_name", "logging_dir", "data_seed", "hf_stable_ft", "recipe_fields"}
+#: Settings the "differ" table leaves out: per-run values (a run's restart record, ``RESTARTS_KEY``, holds its own
+#: seeds and attempts), and the nested records whose content the flat fields already show (``hf_stable_ft``: the
+#: settings record with each field's source; ``recipe_fields``: the recipe's explicit fields).
+_NOT_COMPARED = {"seed", "output_dir", "run_name", "logging_dir", "data_seed", "hf_stable_ft", "recipe_fields",
+                 RESTARTS_KEY}
 
 #: How the "differ" table shows a setting a recipe's records do not hold (a stock ``TrainingArguments`` run has no
 #: hf_stable_ft fields; records written before a field existed lack it).
