@@ -73,6 +73,7 @@ PASSES = [
     ("cola-1k-lr1e-4,rte-1k-lr1e-4", "devlin2019,debiased3ep", 20),
     ("sst2-1k-lr2e-5", HEADLINE_RECIPES, 20),
     ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_ON_ZHANG), 10),  # issue #17 on zhang2021
+    ("cola-1k-lr1e-4,sst2-1k-lr2e-5", ",".join(["zhang2021"] + [r.split("=", 1)[0] for r in LATER_ON_ZHANG]), 10),
     ("rte-1k-intermediate,rte-1k-intermediate-freshhead,rte-full-lr2e-5,cola-full-lr2e-5", None, 20),
 ]
 CPU_CHECK_PASSES = [  # the GPU records of this cell hold seeds 0-4: seed 5 is one real run, resumed into them

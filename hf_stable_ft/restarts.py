@@ -17,9 +17,8 @@ first seed, the blocks already re-drawn and perturbed for it, and Mixout has rep
 independent run with ``seed + k`` gets, so attempt k is bit-identical to a first-try run with those seeds.
 StableTrainer seeds the global RNG again after ``model_init`` (whose head draws it consumed), so an attempt trains
 with the dropout masks and data order of the same model passed as ``model=``: a seed that never fires the alarm
-is the run without restarts. The
-optimizer and learning-rate schedule are built anew for each attempt (``Trainer.train`` does so whenever
-``model_init`` is used) and the data order is re-drawn from the new seed.
+is the run without restarts. The optimizer and learning-rate schedule are built anew for each attempt
+(``Trainer.train`` does so whenever ``model_init`` is used) and the data order is re-drawn from the new seed.
 
 **Nothing is hidden.** ``trainer.state.stateful_callbacks["hf_stable_ft_restarts"]`` (also in every checkpoint's
 ``trainer_state.json``) lists every attempt — number, seeds, updates done, the alarm (update and reason) and, for
