@@ -60,7 +60,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from stability import LATER_ON_ZHANG, LATER_TECHNIQUES, resume_refusals  # noqa: E402
+from stability import LATER_ON_ZHANG, LATER_TECHNIQUES, label_of, resume_refusals  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: The stability passes, most needed first: (cells, recipe labels or None for every recipe of the cells, seeds).
@@ -69,11 +69,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 HEADLINE_RECIPES = "devlin2019,stock,mosbach2021,zhang2021,debiased3ep"
 PASSES = [
     ("cola-1k-lr2e-5", HEADLINE_RECIPES, 20),  # issue #18's headline cell
-    ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_TECHNIQUES), 10),  # issue #17 on the 3-epoch base
+    ("cola-1k-lr2e-5", ",".join(map(label_of, LATER_TECHNIQUES)), 10),  # issue #17 on the 3-epoch base
     ("cola-1k-lr1e-4,rte-1k-lr1e-4", "devlin2019,debiased3ep", 20),
     ("sst2-1k-lr2e-5", HEADLINE_RECIPES, 20),
-    ("cola-1k-lr2e-5", ",".join(r.split("=", 1)[0] for r in LATER_ON_ZHANG), 10),  # issue #17 on zhang2021
-    ("cola-1k-lr1e-4,sst2-1k-lr2e-5", ",".join(["zhang2021"] + [r.split("=", 1)[0] for r in LATER_ON_ZHANG]), 10),
+    ("cola-1k-lr2e-5", ",".join(map(label_of, LATER_ON_ZHANG)), 10),  # issue #17 on zhang2021
+    ("cola-1k-lr1e-4,sst2-1k-lr2e-5", ",".join(map(label_of, ["zhang2021", *LATER_ON_ZHANG])), 10),
     ("rte-1k-intermediate,rte-1k-intermediate-freshhead,rte-full-lr2e-5,cola-full-lr2e-5", None, 20),
 ]
 CPU_CHECK_PASSES = [  # the GPU records of this cell hold seeds 0-4: seed 5 is one real run, resumed into them

@@ -81,6 +81,11 @@ LATER_ON_ZHANG = [
     "zhang+recadam5000=zhang2021:pretrained_weight_decay=5000:recadam_k=0.1:recadam_t0=250",
     "zhang+restart2=zhang2021:abort_degenerate_runs=true:degenerate_check_fraction=0.3:restart_degenerate_runs=2",
 ]
+def label_of(recipe: str) -> str:
+    """A recipe spec's label: ``"r3f1=devlin2019:r3f_lambda=1.0"`` -> ``"r3f1"``; a preset name is its own label."""
+    return recipe.split("=", 1)[0]
+
+
 #: where a cell's report of the ``zhang+…`` recipes against ``zhang2021`` goes (inside the cell's directory)
 ON_ZHANG = "on_zhang2021"
 PRESETS = ["devlin2019", "stock", "mosbach2021", "zhang2021"]
@@ -132,10 +137,10 @@ def choose_cells(seeds_small: int, seeds_full: int, names: str | None = None, re
         chosen = [c for c in chosen if c.name in wanted]
     if recipes:
         wanted = recipes.split(",")
-        known = {r.split("=", 1)[0] for c in chosen for r in c.recipes}
+        known = {label_of(r) for c in chosen for r in c.recipes}
         if set(wanted) - known:
             raise ValueError(f"--recipes: unknown {sorted(set(wanted) - known)}; the chosen cells have {sorted(known)}")
-        chosen = [dataclasses.replace(c, recipes=[r for r in c.recipes if r.split("=", 1)[0] in wanted])
+        chosen = [dataclasses.replace(c, recipes=[r for r in c.recipes if label_of(r) in wanted])
                   for c in chosen]
         chosen = [c for c in chosen if c.recipes]
     return chosen

@@ -95,7 +95,10 @@ class StableTrainer(Trainer):
         # Trainer.__init__ seeded it. Seed again, so dropout and the data order of a model_init run (and of each
         # restart attempt) are those of the same model passed as model=: switching restarts on changes no seed
         # that never fires the alarm.
-        enable_full_determinism(self.args.seed) if self.args.full_determinism else set_seed(self.args.seed)
+        if self.args.full_determinism:
+            enable_full_determinism(self.args.seed)
+        else:
+            set_seed(self.args.seed)
         return model
 
     def _trial_params(self, trial) -> dict:

@@ -49,7 +49,7 @@ from ..records import (
     latest_by_run_id,
     read_records,
 )
-from ..restarts import RESTARTS_KEY  # the key of a run's own restart record in its settings
+from ..restarts import RESTARTS_KEY  # the key of a run's restart record in its settings
 from ..stats import _finite as _num  # float(x) for a finite number, else None
 from ..stats import (
     bootstrap_expected_test,
@@ -438,7 +438,7 @@ def _alarm(rec: RunRecord) -> dict | None:
     alarm = diagnostics.get("degenerate_alarm") if isinstance(diagnostics, dict) else None
     alarm = alarm if isinstance(alarm, dict) else None
     nonfinite = _nonfinite_loss_step(rec)
-    restarts = (rec.settings or {}).get("hf_stable_ft_restarts") if isinstance(rec.settings, dict) else None
+    restarts = (rec.settings or {}).get(RESTARTS_KEY) if isinstance(rec.settings, dict) else None
     restarted = None
     if isinstance(restarts, dict) and restarts.get("failed_attempts"):
         attempts = restarts.get("attempts") or []
