@@ -81,16 +81,16 @@ LATER_ON_ZHANG = [
     "zhang+recadam5000=zhang2021:pretrained_weight_decay=5000:recadam_k=0.1:recadam_t0=250",
     "zhang+restart2=zhang2021:abort_degenerate_runs=true:degenerate_check_fraction=0.3:restart_degenerate_runs=2",
 ]
-def label_of(recipe: str) -> str:
-    """A recipe spec's label: ``"r3f1=devlin2019:r3f_lambda=1.0"`` -> ``"r3f1"``; a preset name is its own label."""
-    return recipe.split("=", 1)[0]
-
-
 #: where a cell's report of the ``zhang+…`` recipes against ``zhang2021`` goes (inside the cell's directory)
 ON_ZHANG = "on_zhang2021"
 PRESETS = ["devlin2019", "stock", "mosbach2021", "zhang2021"]
 INTERMEDIATE = "intermediate=devlin2019:adam_bias_correction=true"
 LABEL_MAP = {"entailment": "entailment", "neutral": "not_entailment", "contradiction": "not_entailment"}
+
+
+def label_of(recipe: str) -> str:
+    """A recipe spec's label: ``"r3f1=devlin2019:r3f_lambda=1.0"`` -> ``"r3f1"``; a preset name is its own label."""
+    return recipe.split("=", 1)[0]
 
 
 @dataclasses.dataclass

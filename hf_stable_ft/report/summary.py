@@ -438,7 +438,7 @@ def _alarm(rec: RunRecord) -> dict | None:
     alarm = diagnostics.get("degenerate_alarm") if isinstance(diagnostics, dict) else None
     alarm = alarm if isinstance(alarm, dict) else None
     nonfinite = _nonfinite_loss_step(rec)
-    restarts = (rec.settings or {}).get(RESTARTS_KEY) if isinstance(rec.settings, dict) else None
+    restarts = rec.settings.get(RESTARTS_KEY) if isinstance(rec.settings, dict) else None
     restarted = None
     if isinstance(restarts, dict) and restarts.get("failed_attempts"):
         attempts = restarts.get("attempts") or []
