@@ -106,6 +106,18 @@ class LocalBackend(SweepBackend):
 # --------------------------------------------------------------------------------------- worker processes
 
 
+def _exit_when_orphaned(driver: int, interval_s: float = 1.0) -> None:
+    """A :class:`ProcessBackend` worker's watchdog thread: end the worker at once when its driver is gone (killed,
+    even with SIGKILL, which leaves no chance to stop the workers) — mid-run too, since nobody would record that run
+    and it would hold a core or the GPU for as long as it trains. The worker is re-parented then, so its parent pid
+    changes."""
+    import os
+
+    while os.getppid() == driver:
+        time.sleep(interval_s)
+    os._exit(1)
+
+
 def _process_worker(jobs, results, threads, run_fn, failed_fn):
     """A :class:`ProcessBackend` worker: take the pickled shared data first, then ``(job_id, recipe, seed, training,
     evaluations)`` until ``None``; put ``(job_id, record)``.
@@ -115,28 +127,17 @@ def _process_worker(jobs, results, threads, run_fn, failed_fn):
     weights, read while Python, torch and transformers are imported) made the workers start one after another —
     about 11 s each on the GPU machine, 160 s before 14 packed runs began."""
     import os
-    import queue
+    import threading
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     torch.set_num_threads(threads)
-    parent = os.getppid()
-    payload = None
-    while payload is None:
-        try:
-            payload = jobs.get(timeout=5)
-        except queue.Empty:
-            if os.getppid() != parent:
-                return
-    prepared = pickle.loads(payload)  # an error here ends the worker: the driver replaces it, then records failed
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="hf_stable_ft_orphan_watch").start()
+    prepared = pickle.loads(jobs.get())  # an error here ends the worker: the driver replaces it, then records failed
     while True:
-        try:
-            job = jobs.get(timeout=5)
-        except Exception:  # queue.Empty
-            if os.getppid() != parent:  # the driver was killed: nobody would record this worker's runs
-                return
-            continue
+        job = jobs.get()
         if job is None:
             return
         job_id, recipe, seed, training, evaluations_per_run = job
@@ -158,7 +159,8 @@ class ProcessBackend(SweepBackend):
     default: a CPU run then gives the local backend's scores). On a GPU every worker shares the visible GPU(s).
     Records go back to the driver as runs finish, and the driver writes them. A worker process that dies mid-run
     (killed, out of memory) is replaced, and its run is run again, at most ``max_retries`` times; after that it is
-    recorded as failed, once. An exception inside a run is a ``failed`` record, not a retry. ``run_fn`` replaces
+    recorded as failed, once. An exception inside a run is a ``failed`` record, not a retry. A worker whose driver
+    is gone (killed) ends within a second, mid-run: nobody would record that run. ``run_fn`` replaces
     :func:`hf_stable_ft.experiment.run_single` (it must be importable in a fresh process).
     """
 

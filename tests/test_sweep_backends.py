@@ -585,3 +585,58 @@ def test_the_driver_exits_when_workers_died_before_reading_the_shared_data(tmp_p
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "failed"
+
+
+def sleep_in_run(folder, prepared, recipe, seed, run_dir, training, evaluations):
+    Path(folder, "worker.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+    return {"run_id": f"{recipe}/seed={seed}", "status": "finished"}
+
+
+_ORPHAN_SCRIPT = """
+import functools, sys
+sys.path.insert(0, {tests!r})
+from hf_stable_ft.sweep_backends import ProcessBackend
+from test_sweep_backends import sleep_in_run
+
+if __name__ == "__main__":
+    run = functools.partial(sleep_in_run, {folder!r})
+    list(ProcessBackend(1, run_fn=run).runs(b"data", [("r", 0)], None, 1, run_fn=run, failed_fn=None))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_process_stops_mid_run_when_its_driver_is_killed(tmp_path):
+    """Seen on a 2-core VM (2026-12-07): a sweep driver stopped with `kill` (SIGTERM, no clean-up) left its two
+    worker processes training to the end of their runs — 17 minutes on both cores — while the next sweep started,
+    slowing it twofold. Nobody records those runs, so a worker whose driver is gone now ends within seconds."""
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT.format(tests=str(Path(__file__).parent), folder=str(tmp_path)))
+    driver = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pid_file, worker = tmp_path / "worker.pid", None
+    try:
+        deadline = time.time() + 120
+        while not pid_file.exists() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert pid_file.exists(), "the worker never started its run"
+        time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        driver.kill()
+        driver.wait(timeout=30)
+        deadline = time.time() + 30
+        while _alive(worker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), "the worker went on with a run nobody will record"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
