@@ -126,15 +126,17 @@ def _process_worker(jobs, results, threads, run_fn, failed_fn):
     into its pipe and the driver blocks until the new process has read them, which (for ~90 MB of datasets and
     weights, read while Python, torch and transformers are imported) made the workers start one after another —
     about 11 s each on the GPU machine, 160 s before 14 packed runs began."""
+    import multiprocessing
     import os
     import threading
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the driver's pid as the spawn recorded it, not os.getppid(): a driver killed before this line is caught too
+    threading.Thread(target=_exit_when_orphaned, args=(multiprocessing.parent_process().pid,), daemon=True,
+                     name="hf_stable_ft_orphan_watch").start()
     import torch
 
     torch.set_num_threads(threads)
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
-                     name="hf_stable_ft_orphan_watch").start()
     prepared = pickle.loads(jobs.get())  # an error here ends the worker: the driver replaces it, then records failed
     while True:
         job = jobs.get()
