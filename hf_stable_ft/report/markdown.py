@@ -47,11 +47,13 @@ def _k_range(lo, hi, max_runs) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
-def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None) -> str:
+def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None,
+                  means_test: str = "whether beyond the seed noise: the test of the means below") -> str:
     """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
     variants. ``base_mean`` (given where the test of the means finds no difference): one baseline run's mean
     score; where the best-on-validation of many baseline runs levels off at or below it, a 'never' says only
-    that the recipe's mean is higher, and the clause says so."""
+    that the recipe's mean is higher, and the clause says so, naming ``means_test`` for whether that is beyond
+    the seed noise."""
     k, max_runs = m.get("k"), m.get("max_runs")
     lo, hi = (list(m.get("interval") or []) + [None, None])[:2]
     ci = f" ({m.get('confidence', 95):g}% bootstrap interval: {_k_range(lo, hi, max_runs)})"
@@ -71,7 +73,7 @@ def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, b
             text += (f"; selecting on validation does not raise {base}'s test score here "
                      f"({_fmt(base_mean, scale, digits)} for one run on average, {_fmt(asymptote, scale, digits)} "
                      f"for the best-on-validation of many), so this says only that {name}'s mean is above "
-                     f"{base}'s (whether beyond the seed noise: the test of the means below)")
+                     f"{base}'s ({means_test})")
         return text
     if k == 1:
         return f"one {base} run already matches one {name} run on average{ci}"
@@ -155,10 +157,17 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
         if found[base].get("k") == 1:
             no_better.append(name)
             continue
-        clauses = [_match_clause(name, b_name, found[b_name], scale, digits,
-                                 (recipes[b_name].summary or {}).get("mean") if b_name == base
-                                 and not _mean_differs(e.vs_baseline) else None)
-                   for b_name in baselines if b_name in found and b_name != name]
+        clauses = []
+        for b_name in (b for b in baselines if b in found and b != name):
+            b_mean = (recipes[b_name].summary or {}).get("mean")
+            if b_name == base:  # the Holm-adjusted test of the means is in the statistics below
+                clauses.append(_match_clause(name, b_name, found[b_name], scale, digits,
+                                             None if _mean_differs(e.vs_baseline) else b_mean))
+                continue
+            p = _num(found[b_name].get("welch_p"))  # absent from a summary.json written before it existed
+            clauses.append(_match_clause(name, b_name, found[b_name], scale, digits,
+                                         b_mean if p is not None and p >= 0.05 else None,
+                                         f"Welch p{_p_eq(p)} against {b_name}, not significant"))
         text = "; ".join(clauses)
         better.append(text[0].upper() + text[1:] + ".")
     head += better

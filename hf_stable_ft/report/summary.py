@@ -57,6 +57,7 @@ from ..stats import (
     expected_max_curve,
     runs_to_match,
     summarize,
+    t_test,
 )
 
 __all__ = ["RunScore", "RecipeSummary", "SweepSummary", "load_runs", "score_run", "summarize_sweep",
@@ -380,6 +381,9 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
             res = runs_to_match(*pairs[base], pairs[name][1], max_runs=MATCH_MAX_RUNS, n_bootstrap=n_bootstrap,
                                 seed=seed).as_dict()
             res.pop("curve")
+            # the means' own test against this baseline (unadjusted), so a "never" can say whether it is noise
+            both = scores_by_recipe[name], scores_by_recipe[base]
+            res["welch_p"] = t_test(*both).pvalue if min(len(both[0]), len(both[1])) >= 2 else None
             found[base] = res
         per_recipe[name].runs_to_match = found or None
 
