@@ -47,8 +47,10 @@ def _k_range(lo, hi, max_runs) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
-def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None,
-                  means_test: str = "whether beyond the seed noise: the test of the means below") -> str:
+_BELOW = "whether beyond the seed noise: the test of the means below"
+
+
+def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean, means_test: str) -> str:
     """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
     variants. ``base_mean`` (given where the test of the means finds no difference): one baseline run's mean
     score; where the best-on-validation of many baseline runs levels off at or below it, a 'never' says only
@@ -159,15 +161,13 @@ def _verdict_and_caveats(summary: SweepSummary) -> list[str]:
             continue
         clauses = []
         for b_name in (b for b in baselines if b in found and b != name):
-            b_mean = (recipes[b_name].summary or {}).get("mean")
             if b_name == base:  # the Holm-adjusted test of the means is in the statistics below
-                clauses.append(_match_clause(name, b_name, found[b_name], scale, digits,
-                                             None if _mean_differs(e.vs_baseline) else b_mean))
-                continue
-            p = _num(found[b_name].get("welch_p"))  # absent from a summary.json written before it existed
-            clauses.append(_match_clause(name, b_name, found[b_name], scale, digits,
-                                         b_mean if p is not None and p >= 0.05 else None,
-                                         f"Welch p{_p_eq(p)} against {b_name}, not significant"))
+                differs, means_test = _mean_differs(e.vs_baseline), _BELOW
+            else:  # welch_p is absent from a summary.json written before it existed: no qualification then
+                p = _num(found[b_name].get("welch_p"))
+                differs, means_test = p is None or p < 0.05, f"Welch p{_p_eq(p)} against {b_name}, not significant"
+            b_mean = None if differs else (recipes[b_name].summary or {}).get("mean")
+            clauses.append(_match_clause(name, b_name, found[b_name], scale, digits, b_mean, means_test))
         text = "; ".join(clauses)
         better.append(text[0].upper() + text[1:] + ".")
     head += better

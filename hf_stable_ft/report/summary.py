@@ -382,8 +382,8 @@ def summarize_sweep(records: Iterable[RunRecord | Mapping], baseline_recipe: str
                                 seed=seed).as_dict()
             res.pop("curve")
             # the means' own test against this baseline (unadjusted), so a "never" can say whether it is noise
-            both = scores_by_recipe[name], scores_by_recipe[base]
-            res["welch_p"] = t_test(*both).pvalue if min(len(both[0]), len(both[1])) >= 2 else None
+            mine, theirs = scores_by_recipe[name], scores_by_recipe[base]
+            res["welch_p"] = t_test(mine, theirs).pvalue if len(mine) >= 2 and len(theirs) >= 2 else None
             found[base] = res
         per_recipe[name].runs_to_match = found or None
 
