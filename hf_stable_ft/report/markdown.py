@@ -50,7 +50,8 @@ def _k_range(lo, hi, max_runs) -> str:
 _BELOW = "whether beyond the seed noise: the test of the means below"
 
 
-def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean, means_test: str) -> str:
+def _match_clause(name: str, base: str, m: Mapping, scale: float, digits: int, base_mean=None,
+                  means_test: str = _BELOW) -> str:
     """"one zhang2021 run ≈ 4 devlin2019 runs (95% bootstrap interval: 2–9)" and its 'already' / 'never'
     variants. ``base_mean`` (given where the test of the means finds no difference): one baseline run's mean
     score; where the best-on-validation of many baseline runs levels off at or below it, a 'never' says only
